@@ -1,0 +1,226 @@
+"""The ``tidings`` command: one entry point for every process and tool.
+
+::
+
+    tidings topics create [--partitions N] [--replication-factor N]
+    tidings router
+    tidings deliver CHANNEL
+    tidings publish TYPE --data JSON [--subject U] [--source S] [--id ID] [--tenant T] [--topic T]
+    tidings recipients load FILE | get ID | list | remove ID   [--tenant T]
+    tidings status ID
+    tidings check            validate rules, templates and schemas
+    tidings config           print the settings in force (secrets masked)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from redis import Redis
+from redis.exceptions import RedisError
+
+from channels import available_channels
+from consumers.settings import Settings
+from schemas.errors import ConfigError, InputError, TidingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"setting TIDINGS_{str(err['loc'][0]).upper()}: {err['msg']}") from None
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from consumers.topics import create_topics
+
+    settings = _settings()
+    channels = available_channels(settings.channel_modules)
+    result = create_topics(settings, channels, partitions=args.partitions,
+                           replication_factor=args.replication_factor)
+    for name, what in sorted(result.items()):
+        print(f"{what:8} {name}")
+    return 0
+
+
+def cmd_router(args: argparse.Namespace) -> int:
+    from consumers.app import build_router, setup_logging
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    router = build_router(settings)
+    router.install_signal_handlers()
+    router.run()
+    return 0
+
+
+def cmd_deliver(args: argparse.Namespace) -> int:
+    from consumers.app import build_deliverer, setup_logging
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    consumer = build_deliverer(settings, args.channel)
+    consumer.install_signal_handlers()
+    consumer.run()
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from consumers.publisher import DEFAULT_SOURCE, Publisher
+
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--data is not valid JSON: {exc}") from None
+    with Publisher(_settings()) as pub:
+        event = pub.publish(args.type, data, subject=args.subject, source=args.source or DEFAULT_SOURCE,
+                            id=args.id, tenant=args.tenant, topic=args.topic)
+    print(json.dumps({"id": event.id, "source": event.source, "type": event.type,
+                      "subject": event.subject, "tenant": event.tenant}))
+    return 0
+
+
+def cmd_recipients(args: argparse.Namespace) -> int:
+    from router.recipients import RecipientStore, read_file
+
+    settings = _settings()
+    if args.action == "load":
+        if not args.target:
+            raise InputError("recipients load needs a FILE")
+        recipients = read_file(Path(args.target))  # validate everything before touching Redis
+        store = RecipientStore(Redis.from_url(settings.redis_url))
+        print(f"loaded {store.put_many(recipients)} recipient(s) from {args.target}")
+        return 0
+    store = RecipientStore(Redis.from_url(settings.redis_url))
+    if args.action == "list":
+        for ident in store.ids(args.tenant):
+            print(ident)
+        return 0
+    if not args.target:
+        raise InputError(f"recipients {args.action} needs an ID")
+    if args.action == "get":
+        found = store.get(args.tenant, args.target)
+        if found is None:
+            print(f"no recipient {args.target!r} in tenant {args.tenant!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(found.model_dump(mode="json"), indent=2, sort_keys=True))
+        return 0
+    removed = store.remove(args.tenant, args.target)
+    print("removed" if removed else "not found")
+    return 0 if removed else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from consumers.status import find_status
+
+    found = find_status(_settings(), args.id, timeout=args.timeout)
+    if not found:
+        print(f"no status events for {args.id}", file=sys.stderr)
+        return 1
+    for s in found:
+        parts = [s.at.isoformat(timespec="milliseconds"), f"{s.state.value:13}", s.event_type]
+        if s.channel:
+            parts.append(f"{s.channel}->{s.recipient_id}")
+        elif s.recipient_id:
+            parts.append(f"recipient={s.recipient_id}")
+        if s.delivery_id:
+            parts.append(f"delivery={s.delivery_id}")
+        if s.reason:
+            parts.append(f"reason={s.reason}")
+        if s.attempt:
+            parts.append(f"attempt={s.attempt}")
+        if s.detail:
+            parts.append(f"({s.detail})")
+        print("  ".join(parts))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from router.rules import RuleSet
+    from router.templates import Renderer
+    from schemas import Catalog
+
+    settings = _settings()
+    catalog = Catalog.load()
+    rules = RuleSet.load(settings.rules)
+    Renderer(settings.template_dir).check(rules.templates)
+    for rule in rules.rules:
+        catalog.for_type(rule.event_type)
+    known = available_channels(settings.channel_modules)
+    unknown = sorted(rules.channels - set(known))
+    if unknown:
+        raise ConfigError(f"unknown channel(s) in rules: {', '.join(unknown)}")
+    print(f"ok: {len(rules.rules)} rule(s), {len(rules.templates)} template(s), "
+          f"{len(catalog.by_type)} event type(s), channels {', '.join(sorted(known))}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(json.dumps(_settings().describe(), indent=2, default=str))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tidings", description="Kafka-native notification pipeline.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    topics = sub.add_parser("topics", help="manage Kafka topics")
+    topics.add_argument("action", choices=["create"])
+    topics.add_argument("--partitions", type=int)
+    topics.add_argument("--replication-factor", type=int)
+    topics.set_defaults(func=cmd_topics)
+
+    sub.add_parser("router", help="run the router consumer").set_defaults(func=cmd_router)
+
+    deliver = sub.add_parser("deliver", help="run one channel's consumer")
+    deliver.add_argument("channel")
+    deliver.set_defaults(func=cmd_deliver)
+
+    pub = sub.add_parser("publish", help="publish one domain event")
+    pub.add_argument("type")
+    pub.add_argument("--data", required=True, help="event data as a JSON object")
+    pub.add_argument("--subject")
+    pub.add_argument("--source")
+    pub.add_argument("--id")
+    pub.add_argument("--tenant")
+    pub.add_argument("--topic")
+    pub.set_defaults(func=cmd_publish)
+
+    rec = sub.add_parser("recipients", help="manage recipients in Redis")
+    rec.add_argument("action", choices=["load", "get", "list", "remove"])
+    rec.add_argument("target", nargs="?", help="FILE for load, ID for get and remove")
+    rec.add_argument("--tenant", default="default")
+    rec.set_defaults(func=cmd_recipients)
+
+    st = sub.add_parser("status", help="show what happened to an event or delivery id")
+    st.add_argument("id")
+    st.add_argument("--timeout", type=float, default=30.0)
+    st.set_defaults(func=cmd_status)
+
+    sub.add_parser("check", help="validate rules, templates and schemas").set_defaults(func=cmd_check)
+    sub.add_parser("config", help="print settings (secrets masked)").set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TidingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RedisError as exc:
+        print(f"error: redis: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``/metrics``, ``/healthz`` and ``/readyz`` on one port, served from a thread.
+
+* ``/healthz``: 200 while the poll loop has turned within ``stall_after`` seconds.
+* ``/readyz``: 200 once the consumer has joined its group and received an
+  assignment (possibly empty: more replicas than partitions is still ready)
+  and its last poll reached the broker.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from consumers.metrics import REGISTRY
+
+
+class Health:
+    def __init__(self, stall_after: float = 60.0) -> None:
+        self.stall_after = stall_after
+        self.last_loop = time.monotonic()
+        self.assigned = False
+        self.connected = False
+        self.stopping = False
+
+    def tick(self) -> None:
+        self.last_loop = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.last_loop < self.stall_after
+
+    def ready(self) -> bool:
+        return self.assigned and self.connected and not self.stopping
+
+
+class _Handler(BaseHTTPRequestHandler):
+    health: Health
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            ok = self.health.alive()
+            self._reply(200 if ok else 503, b"ok\n" if ok else b"poll loop stalled\n")
+        elif path == "/readyz":
+            ok = self.health.ready()
+            self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+        else:
+            self._reply(404, b"not found\n")
+
+    def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: probes every few seconds
+        return
+
+
+class HealthServer:
+    def __init__(self, health: Health, host: str, port: int) -> None:
+        handler = type("Handler", (_Handler,), {"health": health})
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
+
+    def start(self) -> HealthServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,200 @@
+"""Kafka clients configured the one way Tidings uses them, and the DLQ record format.
+
+Producers are idempotent with ``acks=all``; every produce is checked through
+its delivery report before the input offsets are stored. Consumers use the
+cooperative-sticky assignor, never auto-store offsets (we store them after the
+outcome is durable) and auto-commit what was stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from consumers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+# DLQ headers (documented in docs/operations.md); values are UTF-8 text.
+DLQ_REASON = "tidings_dlq_reason"
+DLQ_MESSAGE = "tidings_dlq_message"
+DLQ_TOPIC = "tidings_dlq_original_topic"
+DLQ_PARTITION = "tidings_dlq_original_partition"
+DLQ_OFFSET = "tidings_dlq_original_offset"
+DLQ_TIMESTAMP = "tidings_dlq_original_timestamp"
+DLQ_GROUP = "tidings_dlq_consumer_group"
+DLQ_ATTEMPTS = "tidings_dlq_attempts"
+DLQ_FIRST_FAILURE = "tidings_dlq_first_failure"
+DLQ_LAST_FAILURE = "tidings_dlq_last_failure"
+DLQ_HEADERS = (
+    DLQ_REASON, DLQ_MESSAGE, DLQ_TOPIC, DLQ_PARTITION, DLQ_OFFSET, DLQ_TIMESTAMP,
+    DLQ_GROUP, DLQ_ATTEMPTS, DLQ_FIRST_FAILURE, DLQ_LAST_FAILURE,
+)
+
+
+def _base(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
+    conf.update(settings.librdkafka)
+    return conf
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    conf = {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10000,
+        "compression.type": "lz4",
+        "message.timeout.ms": 60000,
+        **_base(settings),
+    }
+    conf.update(overrides)
+    return conf
+
+
+def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[str, Any]:
+    conf = {
+        "group.id": group,
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 45000,
+        "max.poll.interval.ms": 300000,
+        "fetch.wait.max.ms": 100,
+        **_base(settings),
+    }
+    conf.update(overrides)
+    return conf
+
+
+class ProduceError(KafkaException):  # type: ignore[misc]
+    """One or more records of a batch were not acknowledged by Kafka."""
+
+
+@dataclass
+class BatchProducer:
+    """A producer whose batch either fully lands (acks=all) or raises.
+
+    ``send`` queues; ``commit_point`` flushes and raises :class:`ProduceError`
+    when any record of the batch failed, so the caller does not store offsets.
+    """
+
+    producer: Producer
+    flush_timeout: float = 30.0
+    _errors: list[KafkaError] = field(default_factory=list)
+    _pending: int = 0
+
+    @classmethod
+    def create(cls, settings: Settings, **overrides: Any) -> BatchProducer:
+        return cls(Producer(producer_config(settings, **overrides)))
+
+    def _report(self, err: KafkaError | None, _msg: Message) -> None:
+        self._pending -= 1
+        if err is not None:
+            self._errors.append(err)
+
+    def send(self, topic: str, value: bytes, key: str | bytes | None = None,
+             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=list(headers or ()),
+                                      on_delivery=self._report)
+                self._pending += 1
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # local queue full: serve callbacks and retry
+
+    def commit_point(self) -> None:
+        """Block until every queued record is acknowledged; raise if any failed."""
+        remaining = self.producer.flush(self.flush_timeout)
+        if remaining or self._errors:
+            errors, self._errors = self._errors, []
+            first = errors[0] if errors else None
+            raise ProduceError(
+                f"{len(errors)} record(s) failed, {remaining} unacknowledged"
+                + (f": {first.str()}" if first else "")
+            )
+
+    def close(self) -> None:
+        self.producer.flush(self.flush_timeout)
+
+
+def now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dlq_headers(
+    msg: Message,
+    *,
+    group: str,
+    reason: str,
+    message: str,
+    attempts: int,
+    first_failure: str | None = None,
+) -> Headers:
+    """Original headers (without earlier DLQ headers) plus our text-encoded DLQ headers."""
+    original = [(k, v) for k, v in (msg.headers() or []) if k not in DLQ_HEADERS]
+    ts_type, ts = msg.timestamp()
+    last = now_text()
+    ours = [
+        (DLQ_REASON, reason),
+        (DLQ_MESSAGE, message[:2000]),
+        (DLQ_TOPIC, msg.topic() or ""),
+        (DLQ_PARTITION, str(msg.partition())),
+        (DLQ_OFFSET, str(msg.offset())),
+        (DLQ_TIMESTAMP, str(ts) if ts_type else ""),
+        (DLQ_GROUP, group),
+        (DLQ_ATTEMPTS, str(attempts)),
+        (DLQ_FIRST_FAILURE, first_failure or last),
+        (DLQ_LAST_FAILURE, last),
+    ]
+    return [*original, *((k, v.encode()) for k, v in ours)]
+
+
+def batch_starts(messages: Sequence[Message]) -> list[TopicPartition]:
+    """The first offset of each partition in a batch (to seek back and retry it)."""
+    first: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic(), m.partition())
+        if key not in first:
+            first[key] = m.offset()
+    return [TopicPartition(t, p, o) for (t, p), o in first.items()]
+
+
+def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    """Offsets to store after a batch: last offset + 1 per partition."""
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        last[(m.topic(), m.partition())] = m.offset()
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
+    """Seek every partition of the batch back to its first record so it is fetched again."""
+    for tp in batch_starts(messages):
+        try:
+            consumer.seek(tp)
+        except KafkaException as exc:  # partition revoked meanwhile: its new owner re-reads it
+            log.info("seek %s[%d] skipped: %s", tp.topic, tp.partition, exc)
+
+
+def wait_for_topics(consumer_or_admin: Any, topics: Sequence[str], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    missing = list(topics)
+    while time.monotonic() < deadline:
+        meta = consumer_or_admin.list_topics(timeout=5)
+        missing = [t for t in topics if t not in meta.topics]
+        if not missing:
+            return
+        time.sleep(0.5)
+    raise KafkaException(f"topics missing: {', '.join(missing)}; run `tidings topics create`")

@@ -1,0 +1,201 @@
+"""The consume loop every Tidings process runs.
+
+One thread polls Kafka in batches and hands each batch to ``handle``. The
+handler returns the offsets that may be stored (those whose outcome is
+durable); the loop stores them, and librdkafka's auto-commit commits what was
+stored. If the handler raises a retryable error, the batch is rewound (each
+partition seeks back to its first record) and fetched again after a backoff:
+nothing is skipped and the loop keeps polling, so the group does not evict us.
+
+Shutdown (SIGTERM or SIGINT): stop fetching, let the current batch finish,
+store its offsets, commit synchronously, close the consumer (leaving the
+group), flush the producer. The Kubernetes grace period must exceed
+``TIDINGS_SHUTDOWN_TIMEOUT`` plus one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumers import metrics
+from consumers.health import Health, HealthServer
+from consumers.kafka import BatchProducer, consumer_config, rewind
+from consumers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RetryBatch(Exception):
+    """Raised by a handler: rewind this batch and process it again after ``backoff``."""
+
+    def __init__(self, cause: str, backoff: float = 1.0) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.backoff = backoff
+
+
+class ConsumerLoop(ABC):
+    role: str = "consumer"
+
+    def __init__(self, settings: Settings, group: str, topics: Sequence[str],
+                 consumer_overrides: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.group = group
+        self.topics = list(topics)
+        self.health = Health()
+        self.stop_event = threading.Event()
+        self.producer = BatchProducer.create(settings)
+        self._failures = 0
+        overrides = {"statistics.interval.ms": 5000, "stats_cb": self._on_stats,
+                     "error_cb": self._on_error, **(consumer_overrides or {})}
+        self.consumer = Consumer(consumer_config(settings, group, **overrides))
+        self._lag_labels: set[tuple[str, str]] = set()
+
+    # -- hooks --------------------------------------------------------------
+
+    @abstractmethod
+    def handle(self, messages: list[Message]) -> list[TopicPartition]:
+        """Process one batch; return the offsets to store. Raise RetryBatch to rewind."""
+
+    def on_close(self) -> None:
+        """Release the handler's own resources."""
+
+    # -- rebalance and statistics callbacks --------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("%s: assigned %s", self.group, _tps(partitions))
+        self.health.assigned = True
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Called inside poll/consume, so no batch is in flight: commit what is stored.
+        log.info("%s: revoked %s", self.group, _tps(partitions))
+        self._commit_sync()
+        self._forget_lag(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("%s: lost %s (session expired); not committing", self.group, _tps(partitions))
+        self._forget_lag(partitions)
+
+    def _forget_lag(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            key = (tp.topic, str(tp.partition))
+            if key in self._lag_labels:
+                self._lag_labels.discard(key)
+                metrics.CONSUMER_LAG.remove(self.group, *key)
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            stats = json.loads(raw)
+        except ValueError:
+            return
+        for topic, tinfo in stats.get("topics", {}).items():
+            for pid, pinfo in tinfo.get("partitions", {}).items():
+                if pid == "-1" or pinfo.get("fetch_state") not in ("active", "offset-query"):
+                    continue
+                lag = pinfo.get("consumer_lag_stored", pinfo.get("consumer_lag", -1))
+                if lag is None or lag < 0:
+                    continue
+                metrics.CONSUMER_LAG.labels(self.group, topic, pid).set(lag)
+                self._lag_labels.add((topic, pid))
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("%s: kafka: %s", self.group, err.str())
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.health.connected = False
+
+    # -- the loop -----------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        if not self.stop_event.is_set():
+            log.info("%s: stop requested; finishing the current batch", self.group)
+        self.stop_event.set()
+        self.health.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self, health_port: int | None = None) -> None:
+        server = None
+        port = self.settings.metrics_port if health_port is None else health_port
+        if port >= 0:
+            try:
+                server = HealthServer(self.health, self.settings.metrics_host, port).start()
+                log.info("%s: /metrics /healthz /readyz on port %d", self.group, server.port)
+            except OSError as exc:
+                log.warning("%s: health server not started on port %d: %s", self.group, port, exc)
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        try:
+            while not self.stop_event.is_set():
+                self.poll_once()
+        finally:
+            self._shutdown()
+            if server:
+                server.stop()
+
+    def poll_once(self) -> None:
+        self.health.tick()
+        messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout)
+        self.health.tick()
+        good = []
+        for m in messages:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("%s: consume error: %s", self.group, err.str())
+        self.health.connected = True
+        if not good:
+            return
+        started = time.perf_counter()
+        try:
+            offsets = self.handle(good)
+        except RetryBatch as exc:
+            self._failures += 1
+            metrics.BATCH_RETRIES.labels(self.role, exc.cause).inc()
+            backoff = min(exc.backoff * (2 ** min(self._failures - 1, 5)), 30.0)
+            log.warning("%s: batch of %d will be retried in %.1fs: %s",
+                        self.group, len(good), backoff, exc)
+            rewind(self.consumer, good)
+            self.stop_event.wait(backoff)
+            return
+        self._failures = 0
+        if offsets:
+            self.consumer.store_offsets(offsets=offsets)
+        metrics.BATCH_SECONDS.labels(self.role).observe(time.perf_counter() - started)
+
+    def _commit_sync(self) -> None:
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("%s: commit failed: %s", self.group, exc)
+
+    def _shutdown(self) -> None:
+        log.info("%s: shutting down", self.group)
+        self._commit_sync()
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("%s: close: %s", self.group, exc)
+        self.producer.close()
+        self.on_close()
+        log.info("%s: stopped", self.group)
+
+
+def _tps(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"

@@ -1,0 +1,145 @@
+"""The router's consumer: domain events in, Delivery records and status events out.
+
+Per batch: decode every record (bad ones are dead-lettered at once), one Redis
+round trip for dedup claims and recipients, the pure decision per event, then
+produce deliveries, statuses and dead letters and wait for Kafka to
+acknowledge all of them before the input offsets are stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import Message, TopicPartition
+from redis import Redis
+from redis.exceptions import RedisError
+
+from consumers import metrics
+from consumers.kafka import ProduceError, dlq_headers, next_offsets
+from consumers.loop import ConsumerLoop, RetryBatch
+from consumers.settings import Settings
+from router.decision import Event, route
+from router.rules import RuleSet
+from router.state import RouterState
+from router.templates import Renderer
+from schemas import Catalog, CloudEvent, State, Status
+from schemas.errors import InputError
+from schemas.models import event_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Parsed:
+    msg: Message
+    event: Event
+    key: str
+    owner: str
+
+
+def decode_event(catalog: Catalog, msg: Message) -> Event:
+    """CloudEvents headers plus an Avro body that matches the declared type, or an InputError."""
+    ce = CloudEvent.from_headers(msg.headers())
+    schema, data = catalog.decode(msg.value(), reader=catalog.for_type(ce.type))
+    return Event(ce=ce, data=data, category=schema.category)
+
+
+class RouterConsumer(ConsumerLoop):
+    role = "router"
+
+    def __init__(self, settings: Settings, catalog: Catalog, rules: RuleSet, renderer: Renderer,
+                 redis: Redis, **kwargs: Any) -> None:
+        super().__init__(settings, settings.group("router"), [settings.input_topic], **kwargs)
+        self.catalog = catalog
+        self.rules = rules
+        self.renderer = renderer
+        self.state = RouterState(redis, settings.dedup_ttl_seconds)
+        self.deadline = timedelta(seconds=settings.delivery_deadline_seconds)
+
+    def handle(self, messages: list[Message]) -> list[TopicPartition]:
+        parsed: list[_Parsed] = []
+        dead: list[tuple[Message, InputError]] = []
+        release: list[tuple[str, str]] = []
+        for msg in messages:
+            metrics.EVENTS_CONSUMED.labels(msg.topic()).inc()
+            try:
+                event = decode_event(self.catalog, msg)
+            except InputError as exc:
+                dead.append((msg, exc))
+                continue
+            owner = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+            parsed.append(_Parsed(msg, event, event_key(event.ce.source, event.ce.id), owner))
+
+        refs = {(p.event.ce.tenant, p.event.ce.subject) for p in parsed
+                if p.event.ce.subject is not None and self.rules.for_type(p.event.ce.type)}
+        try:
+            snapshot = self.state.load([(p.key, p.owner) for p in parsed], refs)  # type: ignore[arg-type]
+        except RedisError as exc:
+            raise RetryBatch("redis", backoff=0.5) from exc
+
+        now = datetime.now(UTC)
+        produced = 0
+        for p in parsed:
+            ce = p.event.ce
+            ref = (ce.tenant, ce.subject or "")
+            try:
+                decision = route(
+                    p.event, self.rules.for_type(ce.type), snapshot.claims[p.key],
+                    snapshot.recipients.get(ref), self.renderer, now, self.deadline,
+                    snapshot.problems.get(ref),
+                )
+            except InputError as exc:
+                dead.append((p.msg, exc))
+                release.append((p.key, p.owner))
+                continue
+            for delivery in decision.deliveries:
+                self.producer.send(
+                    self.settings.deliver_topic(delivery.channel),
+                    delivery.encode(self.catalog),
+                    key=f"{delivery.tenant}:{delivery.recipient_id}",
+                    headers=[("tidings_delivery_id", delivery.delivery_id.encode())],
+                )
+                produced += 1
+            for status in decision.statuses:
+                self._status(status)
+                metrics.ROUTER_DECISIONS.labels(status.state.value, status.reason or "").inc()
+
+        for msg, exc in dead:
+            self._dead_letter(msg, exc)
+        try:
+            self.producer.commit_point()
+        except ProduceError as exc:
+            raise RetryBatch("produce", backoff=1.0) from exc
+        if release:
+            try:
+                self.state.release(release)
+            except RedisError:
+                log.warning("could not release %d dedup claim(s); a replay may be seen as duplicate",
+                            len(release))
+        return next_offsets(messages)
+
+    def _status(self, status: Status) -> None:
+        key = status.delivery_id or event_key(status.event_source, status.event_id)
+        self.producer.send(self.settings.status_topic, status.encode(self.catalog), key=key)
+
+    def _dead_letter(self, msg: Message, exc: InputError) -> None:
+        topic = self.settings.router_dlq_topic
+        reason = exc.reason
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(),
+                    reason, exc)
+        self.producer.send(topic, msg.value() or b"", key=msg.key(),
+                           headers=dlq_headers(msg, group=self.group, reason=reason,
+                                               message=str(exc), attempts=1))
+        metrics.DLQ_RECORDS.labels(topic, reason).inc()
+        metrics.ROUTER_DECISIONS.labels(State.dead_lettered.value, reason).inc()
+        try:
+            ce = CloudEvent.from_headers(msg.headers())
+        except InputError:
+            return  # no identity to report a status against; the DLQ record is the trace
+        self._status(Status(state=State.dead_lettered, event_id=ce.id, event_source=ce.source,
+                            event_type=ce.type, reason=reason, detail=str(exc)[:500]))
+
+

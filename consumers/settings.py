@@ -1,0 +1,183 @@
+"""Every setting Tidings reads, typed, frozen and read in one place.
+
+Each field maps to an environment variable with the ``TIDINGS_`` prefix, for
+example ``kafka_bootstrap`` <- ``TIDINGS_KAFKA_BOOTSTRAP``. librdkafka options
+pass through in two ways, merged in this order:
+
+* ``TIDINGS_KAFKA_OPTIONS`` as a JSON object, ``{"security.protocol": "SASL_SSL"}``;
+* one variable per option, ``TIDINGS_LIBRDKAFKA_SASL_MECHANISM=PLAIN`` becomes
+  ``sasl.mechanism`` (underscores after the prefix become dots).
+
+Secrets (SMTP password, webhook signing secret, passwords in URLs, librdkafka
+options whose name mentions a password, secret or key) never show in ``repr``,
+``str`` or :meth:`Settings.describe`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TIDINGS_"
+LIBRDKAFKA_PREFIX = "TIDINGS_LIBRDKAFKA_"
+_SECRET_OPTION = re.compile(r"password|secret|jaas|\.key$|key\.pem|token", re.I)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<pw>[^@/]+)@", re.I)
+
+
+def mask_url_password(url: str) -> str:
+    """``redis://:pw@host`` -> ``redis://:***@host``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", url)
+
+
+def mask_options(options: dict[str, str]) -> dict[str, str]:
+    return {k: ("***" if _SECRET_OPTION.search(k) else v) for k, v in options.items()}
+
+
+class Settings(BaseSettings):
+    """Configuration of every Tidings process."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = "localhost:9092"
+    kafka_options: dict[str, str] = Field(default_factory=dict, repr=False)
+    topic_prefix: str = "tidings."
+    events_topic: str | None = None
+    """Domain events topic; default ``<prefix>events``."""
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    schema_registry_url: str | None = None
+    group_prefix: str = "tidings-"
+
+    # Redis
+    redis_url: str = Field(default="redis://localhost:6379/0", repr=False)
+
+    # Routing
+    rules: Path = Path("config/rules.yaml")
+    templates: Path | None = None
+    """Template directory; default ``templates/`` beside the rules file."""
+    dedup_ttl_seconds: int = Field(default=7 * 86400, ge=60)
+    delivery_deadline_seconds: int = Field(default=24 * 3600, ge=1)
+
+    # Consumer runtime
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    poll_timeout: float = Field(default=0.5, gt=0)
+    max_in_flight: int = Field(default=64, ge=1)
+    send_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts in place before a transient failure is dead-lettered."""
+    retry_backoff: float = Field(default=0.5, ge=0)
+    max_retry_after: float = Field(default=10.0, ge=0)
+    """Longest provider-requested wait honoured in place; longer waits are dead-lettered."""
+    sent_ttl_seconds: int = Field(default=30 * 86400, ge=60)
+    shutdown_timeout: float = Field(default=20.0, gt=0)
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    log_level: str = "INFO"
+    channel_modules: str | None = None
+    """Extra channels, ``module:Class,module:Class``."""
+
+    # Email (SMTP)
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_from: str = "Tidings <notifications@localhost>"
+    smtp_timeout: float = 10.0
+    smtp_pool_size: int = Field(default=4, ge=1)
+    smtp_validate_certs: bool = True
+
+    # Webhook
+    webhook_signing_secret: SecretStr | None = None
+    webhook_timeout: float = 10.0
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]*", value):
+            raise ValueError("topic prefix may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    # -- derived ----------------------------------------------------------
+
+    @cached_property
+    def librdkafka(self) -> dict[str, str]:
+        """Pass-through options: the JSON object, then per-option variables."""
+        options = dict(self.kafka_options)
+        for name, value in os.environ.items():
+            if name.startswith(LIBRDKAFKA_PREFIX):
+                options[name[len(LIBRDKAFKA_PREFIX) :].lower().replace("_", ".")] = value
+        return options
+
+    @property
+    def template_dir(self) -> Path:
+        return self.templates or self.rules.parent / "templates"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def input_topic(self) -> str:
+        return self.events_topic or self.topic("events")
+
+    @property
+    def status_topic(self) -> str:
+        return self.topic("status")
+
+    @property
+    def router_dlq_topic(self) -> str:
+        return self.topic("router.dlq")
+
+    def deliver_topic(self, channel: str) -> str:
+        return self.topic(f"deliver.{channel}")
+
+    def channel_dlq_topic(self, channel: str) -> str:
+        return self.topic(f"deliver.{channel}.dlq")
+
+    def group(self, role: str) -> str:
+        return f"{self.group_prefix}{role}"
+
+    def channel_config(self, channel: str) -> dict[str, Any]:
+        """Configuration handed to a built-in channel's ``from_config``."""
+        if channel == "email":
+            return {
+                "host": self.smtp_host,
+                "port": self.smtp_port,
+                "username": self.smtp_username,
+                "password": self.smtp_password,
+                "security": self.smtp_security,
+                "from_address": self.smtp_from,
+                "timeout": self.smtp_timeout,
+                "pool_size": self.smtp_pool_size,
+                "validate_certs": self.smtp_validate_certs,
+            }
+        if channel == "webhook":
+            return {"signing_secret": self.webhook_signing_secret, "timeout": self.webhook_timeout}
+        prefix = f"{ENV_PREFIX}{channel.upper()}_"
+        return {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+
+    def describe(self) -> dict[str, Any]:
+        """Every setting with secrets masked: safe to log."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "***"
+            elif name == "redis_url" or (name == "schema_registry_url" and value):
+                value = mask_url_password(value)
+            elif name == "kafka_options":
+                value = mask_options(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["librdkafka"] = mask_options(self.librdkafka)
+        return out
+
+    def __repr_args__(self) -> Any:
+        return [(k, v) for k, v in self.describe().items() if k not in {"librdkafka"}]

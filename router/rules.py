@@ -1,0 +1,154 @@
+"""Notification rules: which events notify whom, on which channels, with which template.
+
+The rules file is YAML::
+
+    rules:
+      - name: job-match                 # unique; part of every delivery id
+        event_type: jobs.match.found    # the CloudEvents type it answers
+        when: "score >= 75"             # optional condition over the event data
+        channels: [email, webhook]
+        template: job_match             # a directory under the template dir
+        priority: normal                # low | normal | high | urgent
+        audience: subject               # the event's ce_subject user
+
+A condition is a Jinja2 expression evaluated in the sandbox. It sees the
+event's data fields by name (``score``), the whole data as ``data`` and the
+CloudEvents attributes as ``event`` (``event.source``, ``event.tenant``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from schemas import Priority
+from schemas.errors import ConfigError, InputError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_CONDITIONS = SandboxedEnvironment(undefined=StrictUndefined)
+
+
+class ConditionError(InputError):
+    """A rule's condition could not be evaluated for this event."""
+
+
+class Rule(BaseModel):
+    """One notification rule."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    event_type: str
+    channels: tuple[str, ...] = Field(min_length=1)
+    template: str
+    priority: Priority = Priority.normal
+    when: str | None = None
+    audience: Literal["subject"] = "subject"
+
+    @field_validator("name", "template")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} must be lower-case letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for channel in value:
+            if not _NAME.match(channel):
+                raise ValueError(f"channel name {channel!r} is not valid")
+        if len(set(value)) != len(value):
+            raise ValueError("a channel is listed twice")
+        return value
+
+    @field_validator("when")
+    @classmethod
+    def _condition(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                _CONDITIONS.compile_expression(value)
+            except TemplateSyntaxError as exc:
+                raise ValueError(f"condition {value!r} does not parse: {exc.message}") from exc
+        return value
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: Rule
+    condition: Callable[..., Any] | None
+
+    def matches(self, data: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+        """Evaluate the condition; raise :class:`ConditionError` when it cannot be."""
+        if self.condition is None:
+            return True
+        try:
+            return bool(self.condition(**data, data=data, event=event))
+        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+            raise ConditionError(
+                f"rule {self.rule.name}: condition {self.rule.when!r} failed: {exc}"
+            ) from exc
+
+
+class RuleSet:
+    """The loaded rules, indexed by event type."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"rule name(s) used twice: {', '.join(dupes)}")
+        self.rules = tuple(rules)
+        self._by_type: dict[str, list[CompiledRule]] = {}
+        for rule in rules:
+            compiled = CompiledRule(
+                rule, _CONDITIONS.compile_expression(rule.when) if rule.when else None
+            )
+            self._by_type.setdefault(rule.event_type, []).append(compiled)
+
+    def for_type(self, event_type: str) -> list[CompiledRule]:
+        return self._by_type.get(event_type, [])
+
+    @property
+    def channels(self) -> set[str]:
+        return {c for r in self.rules for c in r.channels}
+
+    @property
+    def templates(self) -> set[str]:
+        return {r.template for r in self.rules}
+
+    @classmethod
+    def from_data(cls, raw: Any, origin: str = "rules") -> RuleSet:
+        if not isinstance(raw, dict) or not isinstance(raw.get("rules"), list):
+            raise ConfigError(f"{origin}: expected a mapping with a 'rules' list")
+        rules = []
+        for position, item in enumerate(raw["rules"], start=1):
+            try:
+                rules.append(Rule.model_validate(item))
+            except ValidationError as exc:
+                raise ConfigError(f"{origin}: rule #{position}: {_first_error(exc)}") from None
+        return cls(rules)
+
+    @classmethod
+    def load(cls, path: Path) -> RuleSet:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read rules file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"rules file {path} is not valid YAML: {exc}") from exc
+        return cls.from_data(raw, origin=str(path))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(entry)"
+    return f"{where}: {err['msg']}"

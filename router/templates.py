@@ -1,0 +1,132 @@
+"""Rendering notifications with sandboxed Jinja2.
+
+A template is a directory under the template dir, named by the rule::
+
+    templates/job_match/
+        subject.j2        one line: email subject, chat title
+        text.j2           plain-text body
+        html.j2           optional HTML body (autoescaped)
+        subject.de.j2     optional per-locale variants, chosen by the recipient's
+        text.de.j2        locale ("de-AT" tries de-AT, then de, then the default)
+
+Templates run in Jinja2's sandbox with ``StrictUndefined``: a reference to a
+field the event does not have is an error (the event is dead-lettered with
+the template's name and the missing name), never an empty string. HTML parts
+are autoescaped; subject and text are not.
+
+Context: ``data`` (the event data), ``event`` (``id``, ``source``, ``type``,
+``time``, ``subject``, ``tenant``), ``recipient`` (``id``, ``name``,
+``locale``, ``timezone``) and ``rule`` (``name``, ``priority``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError as JinjaTemplateError,
+    TemplateNotFound,
+)
+from jinja2.sandbox import SandboxedEnvironment
+
+from schemas.errors import ConfigError, TemplateError
+
+PARTS = ("subject", "text", "html")
+REQUIRED_PARTS = ("subject", "text")
+DEFAULT_LOCALE = "en"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+
+
+def _autoescape(name: str | None) -> bool:
+    return bool(name) and Path(name or "").name.startswith("html.")
+
+
+def locale_chain(locale: str | None) -> tuple[str, ...]:
+    """``de-AT`` -> (``de-AT``, ``de``); the default file needs no locale."""
+    if not locale:
+        return ()
+    norm = locale.replace("_", "-")
+    base = norm.split("-", 1)[0]
+    return (norm, base) if base != norm else (norm,)
+
+
+class Renderer:
+    """Finds, compiles once and renders the parts of each template."""
+
+    def __init__(self, directory: Path) -> None:
+        if not directory.is_dir():
+            raise ConfigError(f"template directory {directory} does not exist")
+        self.directory = directory
+        self.env = SandboxedEnvironment(
+            loader=FileSystemLoader(str(directory)),
+            undefined=StrictUndefined,
+            autoescape=_autoescape,
+            keep_trailing_newline=False,
+            auto_reload=False,
+            cache_size=-1,
+        )
+        self._resolved: dict[tuple[str, str, str | None], Template | None] = {}
+
+    def check(self, names: set[str]) -> None:
+        """Fail at start when a template directory or a required part is missing or does not parse."""
+        for name in sorted(names):
+            folder = self.directory / name
+            if not folder.is_dir():
+                raise ConfigError(f"template {name!r}: no directory {folder}")
+            for path in sorted(folder.glob("*.j2")):
+                try:
+                    self.env.get_template(f"{name}/{path.name}")
+                except JinjaTemplateError as exc:
+                    raise ConfigError(f"template {name}/{path.name} does not parse: {exc}") from exc
+            for part in REQUIRED_PARTS:
+                if not (folder / f"{part}.j2").exists():
+                    raise ConfigError(f"template {name!r}: missing required part {part}.j2")
+
+    def _template(self, name: str, part: str, locale: str | None) -> Template | None:
+        key = (name, part, locale)
+        if key in self._resolved:
+            return self._resolved[key]
+        found: Template | None = None
+        for candidate in (*(f"{name}/{part}.{loc}.j2" for loc in locale_chain(locale)), f"{name}/{part}.j2"):
+            try:
+                found = self.env.get_template(candidate)
+                break
+            except TemplateNotFound:
+                continue
+            except JinjaTemplateError as exc:
+                raise TemplateError(f"template {candidate} does not parse: {exc}") from exc
+        self._resolved[key] = found
+        return found
+
+    def render(self, name: str, context: Mapping[str, Any], locale: str | None = None) -> Rendered:
+        """Render every part; raise :class:`TemplateError` naming the template and the problem."""
+        out: dict[str, str | None] = {}
+        for part in PARTS:
+            template = self._template(name, part, locale)
+            if template is None:
+                if part in REQUIRED_PARTS:
+                    raise TemplateError(f"template {name!r} has no {part}.j2")
+                out[part] = None
+                continue
+            try:
+                out[part] = template.render(context)
+            except JinjaTemplateError as exc:
+                raise TemplateError(f"template {template.name}: {exc}") from exc
+            except (TypeError, ValueError, ArithmeticError, AttributeError) as exc:
+                raise TemplateError(f"template {template.name}: {type(exc).__name__}: {exc}") from exc
+        subject = " ".join((out["subject"] or "").split())
+        if not subject:
+            raise TemplateError(f"template {name!r}: subject rendered empty")
+        return Rendered(subject=subject, text=(out["text"] or "").strip() + "\n", html=out["html"])

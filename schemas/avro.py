@@ -1,0 +1,281 @@
+"""Avro framing, fingerprints and the schema catalog.
+
+Two framings are read, told apart by the first byte:
+
+* single-object encoding (the Avro spec): ``C3 01``, the 8-byte little-endian
+  CRC-64-AVRO fingerprint of the writer schema, then the binary body. This is
+  the default; the writer schema is found in the catalog by fingerprint.
+* Confluent framing: ``00``, a 4-byte big-endian schema id, then the body. It
+  needs a schema registry (see :mod:`schemas.registry`) to find the writer.
+
+Decoding always resolves the writer schema against the catalog's current
+(reader) schema of the same name, so an event written before a field was added
+still decodes, with the field's default.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+from fastavro.validation import validate
+
+from schemas.errors import ConfigError, DecodeError, SchemaMismatchError
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = 0
+SCHEMA_DIR = Path(__file__).resolve().parent
+
+_EMPTY64 = 0xC15D213AA4D7A795
+
+
+def _fp_table() -> list[int]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_EMPTY64 & -(fp & 1))
+        table.append(fp)
+    return table
+
+
+_FP_TABLE = _fp_table()
+
+
+def crc64_avro(data: bytes) -> int:
+    """The Rabin fingerprint the Avro spec calls CRC-64-AVRO."""
+    fp = _EMPTY64
+    for byte in data:
+        fp = (fp >> 8) ^ _FP_TABLE[(fp ^ byte) & 0xFF]
+    return fp
+
+
+def fingerprint(schema: Any) -> bytes:
+    """The 8 little-endian bytes that identify a (parsed) schema in single-object framing."""
+    canonical = to_parsing_canonical_form(schema)
+    return struct.pack("<Q", crc64_avro(canonical.encode()))
+
+
+class SchemaLookup(Protocol):
+    """Finds writer schemas by Confluent schema id (a schema registry)."""
+
+    def schema_by_id(self, schema_id: int) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One parsed schema with its identity."""
+
+    name: str
+    parsed: Any
+    fingerprint: bytes
+    ce_type: str | None
+    category: str | None
+    path: Path | None = None
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f["name"] for f in self.parsed["fields"]]
+
+
+@dataclass
+class Catalog:
+    """Every schema under ``schemas/``: current ones by name and type, all by fingerprint.
+
+    ``schemas/*.avsc`` are the current (reader) versions; ``schemas/history/``
+    keeps older writer versions so that their records still decode.
+    """
+
+    current: dict[str, Schema] = field(default_factory=dict)
+    by_type: dict[str, Schema] = field(default_factory=dict)
+    by_fingerprint: dict[bytes, Schema] = field(default_factory=dict)
+    registry: SchemaLookup | None = None
+    _confluent_cache: dict[int, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path = SCHEMA_DIR, registry: SchemaLookup | None = None) -> Catalog:
+        catalog = cls(registry=registry)
+        for path in sorted(directory.glob("*.avsc")):
+            catalog.add(_read(path), current=True, path=path)
+        history = directory / "history"
+        for path in sorted(history.glob("*.avsc")) if history.is_dir() else []:
+            catalog.add(_read(path), current=False, path=path)
+        return catalog
+
+    def add(self, raw: dict[str, Any], *, current: bool, path: Path | None = None) -> Schema:
+        try:
+            parsed = fastavro.parse_schema(raw, _write_hint=False)
+        except Exception as exc:  # fastavro raises several types for bad schemas
+            raise ConfigError(f"invalid Avro schema {path or raw.get('name')}: {exc}") from exc
+        schema = Schema(
+            name=parsed["name"],
+            parsed=parsed,
+            fingerprint=fingerprint(parsed),
+            ce_type=raw.get("ce_type"),
+            category=raw.get("category"),
+            path=path,
+        )
+        if current:
+            if schema.name in self.current:
+                raise ConfigError(f"two current schemas named {schema.name}")
+            self.current[schema.name] = schema
+            if schema.ce_type:
+                if schema.ce_type in self.by_type:
+                    raise ConfigError(f"two current schemas declare ce_type {schema.ce_type}")
+                self.by_type[schema.ce_type] = schema
+        self.by_fingerprint.setdefault(schema.fingerprint, schema)
+        return schema
+
+    def for_type(self, ce_type: str) -> Schema:
+        try:
+            return self.by_type[ce_type]
+        except KeyError:
+            raise SchemaMismatchError(f"no schema declares event type {ce_type!r}") from None
+
+    def named(self, name: str) -> Schema:
+        try:
+            return self.current[name]
+        except KeyError:
+            raise ConfigError(f"no schema named {name!r} in the catalog") from None
+
+    # -- encoding -------------------------------------------------------
+
+    def encode(self, schema: Schema, data: Mapping[str, Any], *, check: bool = True) -> bytes:
+        """Single-object encoding of ``data``; with ``check``, refuse data that does not fit."""
+        if check:
+            check_fits(schema, data)
+        buf = io.BytesIO()
+        buf.write(SINGLE_OBJECT_MAGIC)
+        buf.write(schema.fingerprint)
+        fastavro.schemaless_writer(buf, schema.parsed, data)
+        return buf.getvalue()
+
+    def encode_confluent(self, schema: Schema, schema_id: int, data: Mapping[str, Any]) -> bytes:
+        """Confluent framing: ``00``, the 4-byte big-endian registry id, then the body."""
+        check_fits(schema, data)
+        buf = io.BytesIO()
+        buf.write(struct.pack(">bI", CONFLUENT_MAGIC, schema_id))
+        fastavro.schemaless_writer(buf, schema.parsed, data)
+        return buf.getvalue()
+
+    def decode(self, value: bytes | None, reader: Schema | None = None) -> tuple[Schema, dict[str, Any]]:
+        """Decode a framed record; return the writer schema and the data as the reader sees it.
+
+        Without ``reader``, the current schema with the writer's name reads it.
+        """
+        if not value:
+            raise DecodeError("empty value: expected a framed Avro record")
+        if value[:2] == SINGLE_OBJECT_MAGIC:
+            if len(value) < 10:
+                raise DecodeError(f"truncated single-object header ({len(value)} bytes)")
+            fp = value[2:10]
+            writer = self.by_fingerprint.get(fp)
+            if writer is None:
+                raise DecodeError(f"unknown schema fingerprint {fp.hex()}: not in the catalog")
+            body = 10
+            writer_parsed = writer.parsed
+        elif value[0] == CONFLUENT_MAGIC:
+            if len(value) < 5:
+                raise DecodeError(f"truncated Confluent header ({len(value)} bytes)")
+            schema_id = struct.unpack(">I", value[1:5])[0]
+            writer_parsed = self._confluent_schema(schema_id)
+            writer = self.current.get(writer_parsed["name"]) or Schema(
+                writer_parsed["name"], writer_parsed, fingerprint(writer_parsed), None, None
+            )
+            body = 5
+        else:
+            raise DecodeError(
+                f"unknown framing: first byte 0x{value[0]:02x} is neither single-object (c3 01) nor Confluent (00)"
+            )
+        if reader is None:
+            reader = self.current.get(writer.name, writer)
+        elif reader.name != writer.name:
+            raise SchemaMismatchError(
+                f"expected a {reader.name} record but the body was written as {writer.name}"
+            )
+        try:
+            data = fastavro.schemaless_reader(
+                io.BytesIO(value[body:]), writer_parsed, reader.parsed
+            )
+        except Exception as exc:  # fastavro raises EOFError, SchemaResolutionError, ...
+            raise DecodeError(
+                f"cannot decode body as {writer.name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(data, dict):
+            raise DecodeError(f"{writer.name} is not a record schema")
+        return reader, data
+
+    def _confluent_schema(self, schema_id: int) -> Any:
+        cached = self._confluent_cache.get(schema_id)
+        if cached is not None:
+            return cached
+        if self.registry is None:
+            raise DecodeError(
+                f"Confluent-framed record (schema id {schema_id}) but no schema registry is configured"
+            )
+        try:
+            raw = self.registry.schema_by_id(schema_id)
+            parsed = fastavro.parse_schema(raw, _write_hint=False)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"schema id {schema_id} could not be fetched: {exc}") from exc
+        self._confluent_cache[schema_id] = parsed
+        return parsed
+
+
+def check_fits(schema: Schema, data: Mapping[str, Any]) -> None:
+    """Raise :class:`SchemaMismatchError` naming the first field that does not fit."""
+    if not isinstance(data, Mapping):
+        raise SchemaMismatchError(f"{schema.name}: data must be an object, got {type(data).__name__}")
+    known = set(schema.field_names)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SchemaMismatchError(
+            f"{schema.name}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})",
+            field=unknown[0],
+        )
+    for fld in schema.parsed["fields"]:
+        name = fld["name"]
+        if name not in data:
+            if "default" in fld:
+                continue
+            raise SchemaMismatchError(f"{schema.name}: missing required field {name!r}", field=name)
+        if not validate(data[name], fld["type"], raise_errors=False):
+            raise SchemaMismatchError(
+                f"{schema.name}: field {name!r} does not fit type {_type_name(fld['type'])}: "
+                f"got {_preview(data[name])}",
+                field=name,
+            )
+
+
+def _type_name(avro_type: Any) -> str:
+    if isinstance(avro_type, list):
+        return " or ".join(_type_name(t) for t in avro_type)
+    if isinstance(avro_type, dict):
+        if avro_type.get("type") == "enum":
+            return "one of " + "/".join(avro_type["symbols"])
+        return str(avro_type.get("logicalType") or avro_type.get("type"))
+    return str(avro_type)
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read schema {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"schema {path} is not a JSON object")
+    return raw
