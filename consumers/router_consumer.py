@@ -87,7 +87,7 @@ class RouterConsumer(ConsumerLoop):
             ref = (ce.tenant, ce.subject or "")
             try:
                 decision = route(
-                    p.event, self.rules.for_type(ce.type), snapshot.claims[p.key],
+                    p.event, self.rules.for_type(ce.type), snapshot.claim(p.key, p.owner),
                     snapshot.recipients.get(ref), self.renderer, now, self.deadline,
                     snapshot.problems.get(ref),
                 )

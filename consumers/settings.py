@@ -27,7 +27,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ENV_PREFIX = "TIDINGS_"
 LIBRDKAFKA_PREFIX = "TIDINGS_LIBRDKAFKA_"
 _SECRET_OPTION = re.compile(r"password|secret|jaas|\.key$|key\.pem|token", re.I)
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<pw>[^@/]+)@", re.I)
+# The password runs to the LAST '@' before the host: redis-py accepts "p@ss" unencoded.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<pw>[^/]*)@", re.I)
 
 
 def mask_url_password(url: str) -> str:

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Popen objects of servers this process started: kept so that they are reaped
+# on stop (and so Python does not warn about dropping a running child).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 POM = REPO / "deploy" / "kafka" / "pom.xml"
 
 
@@ -154,6 +157,7 @@ class Service:
                 env={**os.environ, **(env or {})},
             )
         self.pidfile.write_text(str(proc.pid))
+        _CHILDREN[proc.pid] = proc
         return proc.pid
 
     def wait_ready(self, timeout: float) -> None:
@@ -183,11 +187,17 @@ class Service:
             while _alive(pid):
                 _reap(pid)
                 time.sleep(0.05)
+        _reap(pid)
         self.pidfile.unlink(missing_ok=True)
         return True
 
 
 def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _CHILDREN.pop(pid, None)
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -85,6 +85,11 @@ class Recipient(BaseModel):
             raise ValueError(f"{value!r} is not an IANA time zone") from None
         return value
 
+    @field_validator("contacts")
+    @classmethod
+    def _strip(cls, value: dict[str, str]) -> dict[str, str]:
+        return {k: v.strip() if isinstance(v, str) else v for k, v in value.items()}
+
     @model_validator(mode="after")
     def _contacts(self) -> Recipient:
         for channel, address in self.contacts.items():

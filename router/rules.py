@@ -91,7 +91,9 @@ class CompiledRule:
         if self.condition is None:
             return True
         try:
-            return bool(self.condition(**data, data=data, event=event))
+            # One mapping, not keyword arguments: a data field named "data" or "event" must not
+            # make the call fail; the documented names win over same-named fields.
+            return bool(self.condition({**data, "data": data, "event": event}))
         except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
             raise ConditionError(
                 f"rule {self.rule.name}: condition {self.rule.when!r} failed: {exc}"
@@ -110,7 +112,10 @@ class RuleSet:
         self._by_type: dict[str, list[CompiledRule]] = {}
         for rule in rules:
             compiled = CompiledRule(
-                rule, _CONDITIONS.compile_expression(rule.when) if rule.when else None
+                rule,
+                # undefined_to_none=False: a condition that is only an unknown name must fail
+                # like any other reference to it, not quietly evaluate to None (false).
+                _CONDITIONS.compile_expression(rule.when, undefined_to_none=False) if rule.when else None,
             )
             self._by_type.setdefault(rule.event_type, []).append(compiled)
 

@@ -47,9 +47,16 @@ class Snapshot:
     """What the decision needs from Redis for one batch."""
 
     claims: dict[str, Claim] = field(default_factory=dict)
+    """Per event key, the claim as the first record in the batch that asked for it saw it."""
+    owners: dict[tuple[str, str], Claim] = field(default_factory=dict)
+    """Per ``(event key, owner)``: two copies of one event in a batch each get their own answer."""
     recipients: dict[tuple[str, str], Recipient | None] = field(default_factory=dict)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)
     """Recipients whose stored document no longer validates, with the reason."""
+
+    def claim(self, event_key: str, owner: str) -> Claim:
+        """The claim as the record at ``owner`` saw it."""
+        return self.owners[(event_key, owner)]
 
 
 class RouterState:
@@ -72,10 +79,14 @@ class RouterState:
         snap = Snapshot()
         for (event_key, owner), previous in zip(claims, results[: len(claims)], strict=True):
             if previous is None:
-                snap.claims[event_key] = Claim(owner, True)
+                claim = Claim(owner, True)
             else:
                 held = previous.decode() if isinstance(previous, bytes) else str(previous)
-                snap.claims[event_key] = Claim(held, held == owner)
+                claim = Claim(held, held == owner)
+            snap.owners[(event_key, owner)] = claim
+            # The first copy in the batch wins; a later copy must not overwrite its answer
+            # (it would read "claimed by the first copy, not mine" and drop both).
+            snap.claims.setdefault(event_key, claim)
         for ref, raw in zip(wanted, results[len(claims) :], strict=True):
             if raw is None:
                 snap.recipients[ref] = None

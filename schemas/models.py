@@ -135,6 +135,7 @@ class Status(_Record):
 
     @classmethod
     def for_delivery(cls, delivery: Delivery, state: State, **fields: Any) -> Status:
+        fields.setdefault("attempt", delivery.attempt)
         return cls(
             state=state,
             event_id=delivery.event_id,
@@ -144,6 +145,5 @@ class Status(_Record):
             channel=delivery.channel,
             recipient_id=delivery.recipient_id,
             rule=delivery.rule,
-            attempt=delivery.attempt,
             **fields,
         )

@@ -1,0 +1,52 @@
+# Tidings: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install Tidings with its dev tools
+
+infra-up: venv ## start local Kafka (KRaft, from Maven Central) and Redis in the background
+	$(PY) -m devstack.infra up
+
+infra-down: ## stop the local Kafka and Redis that infra-up started
+	@if [ -x $(PY) ]; then $(PY) -m devstack.infra down; else python3 -m devstack.infra down; fi
+
+infra-status: ## show whether local Kafka and Redis are up
+	$(PY) -m devstack.infra status
+
+topics: venv ## create every topic on the configured cluster
+	$(VENV)/bin/tidings topics create
+
+run: venv ## the whole pipeline with local sinks; prints each delivery until Ctrl-C
+	$(PY) -m devstack.demo run
+
+demo: venv ## publish the demo events, wait for every expected outcome, print a summary
+	$(PY) -m devstack.demo demo
+
+lint: venv ## ruff and mypy (strict on the packages)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: venv lint ## lint, then the whole test suite on real Kafka, Redis, SMTP and HTTP
+	$(PY) -m pytest
+
+unit: venv ## only the tests that need no servers
+	$(PY) -m pytest -m "not integration"
+
+clean: infra-down ## stop local servers and remove .local and caches
+	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: help venv infra-up infra-down infra-status topics run demo lint test unit clean

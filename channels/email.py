@@ -1,0 +1,309 @@
+"""Email over SMTP (aiosmtplib), with a small pool of reusable connections.
+
+One :class:`EmailChannel` keeps up to ``pool_size`` SMTP sessions open and
+reuses them across sends. A session found dead when the next message starts
+(the server closed it while idle) is replaced by a fresh one and the message
+goes out on that; nothing had been transmitted, so this cannot duplicate.
+Sessions idle for longer than ``max_idle`` seconds are dropped rather than
+reused, as servers and NAT boxes forget quiet connections.
+
+Outcomes:
+
+* the recipient address is checked before any connection is made; a malformed
+  one is an :class:`~schemas.errors.InvalidAddressError`;
+* a 5xx answer to RCPT is an ``InvalidAddressError``; any other 5xx answer to
+  the transaction (sender or content refused) is a ``PermanentError``;
+* a 4xx answer, a lost connection or a timeout is a ``TransientError``;
+* failing to open a session (connection refused, TLS handshake, EHLO, AUTH),
+  whatever the reply code, is a ``TransientError``: it says nothing about the
+  message and everything about our relay or credentials, so the delivery waits
+  in the retry tiers while someone fixes the settings.
+
+The returned :class:`~channels.base.Sent` carries the Message-ID,
+``<delivery_id@message_id_domain>``, the same on every retry of a delivery, so
+receivers and relays can drop duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.errors
+import email.utils
+import re
+import socket
+import time
+from email.headerregistry import Address
+from email.message import EmailMessage
+from typing import ClassVar, Literal
+
+import aiosmtplib
+from aiosmtplib.email import flatten_message
+from pydantic import SecretStr, field_validator
+
+from channels.base import Channel, ChannelConfig, Limits, Sent, mask_email
+from schemas import Delivery
+from schemas.errors import DeliveryError, InvalidAddressError, PermanentError, TransientError
+
+__all__ = ["EmailChannel", "EmailConfig", "validate_address"]
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>]")
+
+
+class EmailConfig(ChannelConfig):
+    """SMTP relay settings. ``password`` is a SecretStr: hidden in repr and logs."""
+
+    host: str = "localhost"
+    port: int = 25
+    username: str | None = None
+    password: SecretStr | None = None
+    security: Literal["none", "starttls", "tls"] = "none"
+    """``none``: plain SMTP, no upgrade even if offered; ``starttls``: upgrade or
+    fail; ``tls``: TLS from the first byte (implicit TLS, usually port 465)."""
+    validate_certs: bool = True
+    ca_file: str | None = None
+    """PEM file of CA certificates to trust instead of the system store."""
+    from_address: str = "Tidings <notifications@localhost>"
+    message_id_domain: str = "tidings.local"
+    local_hostname: str | None = None
+    """Name sent in EHLO; default: this machine's fully qualified name."""
+    timeout: float = 10.0
+    """Seconds allowed for each SMTP command, and for connecting."""
+    pool_size: int = 4
+    """At most this many SMTP sessions open at once; more sends wait for one."""
+    max_idle: float = 60.0
+    """A session idle for longer is closed instead of reused."""
+
+    @field_validator("from_address")
+    @classmethod
+    def _from_has_mailbox(cls, value: str) -> str:
+        _, addr = email.utils.parseaddr(value)
+        if "@" not in addr:
+            raise ValueError(f"from_address {value!r} has no mailbox (expected 'Name <user@domain>')")
+        return value
+
+    @field_validator("pool_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("pool_size must be at least 1")
+        return value
+
+
+def validate_address(address: str) -> str:
+    """The envelope form of ``address`` (IDNA domain), or :class:`InvalidAddressError`.
+
+    Accepts a bare ``local@domain``: no display name, no whitespace, no address
+    literal, a domain of at least two valid labels. A non-ASCII local part is
+    refused (it would need SMTPUTF8 end to end); a non-ASCII domain is encoded.
+    """
+    masked = mask_email(address)
+    if not address or _FORBIDDEN.search(address):
+        raise InvalidAddressError(f"email address {masked!r} is empty or contains spaces or brackets")
+    if address.count("@") != 1 and not address.startswith('"'):
+        raise InvalidAddressError(f"email address {masked!r} must contain exactly one '@'")
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise InvalidAddressError(f"email address {masked!r} lacks a local part or a domain")
+    if len(local) > 64:
+        raise InvalidAddressError(f"email address {masked!r} has a local part over 64 characters")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise InvalidAddressError(f"email address {masked!r} has an invalid domain") from exc
+    labels = ascii_domain.split(".")
+    if (
+        len(ascii_domain) > 253
+        or len(labels) < 2
+        or not all(_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        raise InvalidAddressError(f"email address {masked!r} has an invalid domain")
+    try:
+        parsed = Address(addr_spec=f"{local}@{ascii_domain}")
+    except (ValueError, email.errors.MessageError) as exc:
+        raise InvalidAddressError(f"email address {masked!r} is not a valid mailbox") from exc
+    return parsed.addr_spec
+
+
+class _StaleSession(Exception):
+    """A reused session turned out to be closed before the transaction began."""
+
+
+class EmailChannel(Channel):
+    name: ClassVar[str] = "email"
+    config_model: ClassVar[type[ChannelConfig]] = EmailConfig
+    limits: ClassVar[Limits] = Limits(max_in_flight=4)
+
+    def __init__(self, config: EmailConfig) -> None:
+        self.config = config
+        self._sender = email.utils.parseaddr(config.from_address)[1]
+        self._slots = asyncio.Semaphore(config.pool_size)
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._ehlo_name = config.local_hostname
+        self._closed = False
+
+    def compose(self, delivery: Delivery, recipient: str) -> EmailMessage:
+        """The MIME message for one delivery: text, plus an HTML alternative when given."""
+        message = EmailMessage()
+        message["Subject"] = " ".join(delivery.subject.split())
+        message["From"] = self.config.from_address
+        message["To"] = recipient
+        message["Date"] = email.utils.formatdate(usegmt=True)
+        message["Message-ID"] = self.message_id(delivery)
+        message["X-Tidings-Delivery-Id"] = delivery.delivery_id
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(delivery.text)
+        if delivery.html is not None:
+            message.add_alternative(delivery.html, subtype="html")
+        message["Content-Language"] = delivery.locale  # after set_content, which clears Content-*
+        return message
+
+    def message_id(self, delivery: Delivery) -> str:
+        return f"<{delivery.delivery_id}@{self.config.message_id_domain}>"
+
+    async def send(self, delivery: Delivery) -> Sent:
+        if self._closed:
+            raise RuntimeError("EmailChannel.send() called after aclose()")
+        recipient = validate_address(delivery.address)
+        message = self.compose(delivery, recipient)
+        masked = mask_email(recipient)
+        async with self._slots:
+            client = self._take_idle()
+            try:
+                if client is not None:
+                    try:
+                        await self._transmit(client, recipient, message, reused=True)
+                    except _StaleSession:
+                        client = None
+                if client is None:
+                    client = await self._open(masked)
+                    await self._transmit(client, recipient, message, reused=False)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                raise _refused(exc, masked) from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                text = f"SMTP server refused the message to {masked}: {exc.code} {exc.message}"
+                raise _by_code(exc.code, text) from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise TransientError(f"SMTP send to {masked} failed: {_describe(exc)}") from exc
+            finally:
+                if client is not None:
+                    self._give_back(client)
+        return Sent(provider_id=self.message_id(delivery))
+
+    async def aclose(self) -> None:
+        """Say QUIT on every idle session, then close them."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for client, _ in idle:
+            try:
+                await client.quit(timeout=min(self.config.timeout, 2.0))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+
+    def _take_idle(self) -> aiosmtplib.SMTP | None:
+        now = time.monotonic()
+        while self._idle:
+            client, since = self._idle.pop()
+            if client.is_connected and now - since <= self.config.max_idle:
+                return client
+            client.close()
+        return None
+
+    def _give_back(self, client: aiosmtplib.SMTP) -> None:
+        if client.is_connected and not self._closed:
+            self._idle.append((client, time.monotonic()))
+        else:
+            client.close()
+
+    async def _open(self, masked: str) -> aiosmtplib.SMTP:
+        config = self.config
+        if self._ehlo_name is None:
+            self._ehlo_name = await asyncio.to_thread(socket.getfqdn)
+        client = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            username=config.username,
+            password=config.password.get_secret_value() if config.password is not None else None,
+            local_hostname=self._ehlo_name,
+            timeout=config.timeout,
+            use_tls=config.security == "tls",
+            start_tls=config.security == "starttls",
+            validate_certs=config.validate_certs,
+            cert_bundle=config.ca_file,
+        )
+        where = f"{config.host}:{config.port}"
+        try:
+            await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            user = config.username or ""
+            raise TransientError(
+                f"SMTP login as {user!r} at {where} refused: {exc.code} {exc.message}"
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            raise TransientError(
+                f"SMTP session with {where} refused (sending to {masked}): {exc.code} {exc.message}"
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise TransientError(
+                f"cannot open SMTP session with {where} (sending to {masked}): {_describe(exc)}"
+            ) from exc
+        return client
+
+    async def _transmit(
+        self, client: aiosmtplib.SMTP, recipient: str, message: EmailMessage, *, reused: bool
+    ) -> None:
+        """One MAIL/RCPT/DATA transaction. On a refusal the session is reset and stays
+        usable; on anything else (lost connection, timeout, cancellation) it is closed.
+        A reused session that is already gone at MAIL raises :class:`_StaleSession`."""
+        eight_bit = client.supports_extension("8bitmime")
+        data = flatten_message(message, cte_type="8bit" if eight_bit else "7bit")
+        options = ["BODY=8BITMIME"] if eight_bit else []
+        if client.supports_extension("size"):
+            options.insert(0, f"SIZE={len(data)}")
+        try:
+            try:
+                await client.mail(self._sender, options=options)
+            except ConnectionError as exc:  # SMTPServerDisconnected is one
+                if reused:
+                    raise _StaleSession from exc
+                raise
+            except aiosmtplib.SMTPResponseException as exc:
+                if reused and exc.code == 421:  # "closing idle connection"
+                    raise _StaleSession from exc
+                raise
+            await client.rcpt(recipient)
+            await client.data(data)
+        except aiosmtplib.SMTPResponseException:
+            if client.is_connected:
+                try:
+                    await client.rset()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    client.close()
+            raise
+        except BaseException:
+            client.close()
+            raise
+
+
+def _refused(exc: aiosmtplib.SMTPRecipientRefused, masked: str) -> DeliveryError:
+    text = f"recipient {masked} refused: {exc.code} {exc.message}"
+    if 500 <= exc.code < 600:
+        return InvalidAddressError(text)
+    return TransientError(text)
+
+
+def _by_code(code: int, text: str) -> DeliveryError:
+    if 500 <= code < 600:
+        return PermanentError(text)
+    return TransientError(text)
+
+
+def _describe(exc: BaseException) -> str:
+    detail = str(exc).strip()
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

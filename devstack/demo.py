@@ -1,0 +1,296 @@
+"""``make run`` and ``make demo``: the whole pipeline on one machine.
+
+Starts (or reuses) local Kafka and Redis, creates the topics, loads the demo
+recipients, starts the local SMTP sink and webhook receiver, the router and
+the email and webhook consumers, then publishes ``config/demo-events.yaml``.
+
+* ``run``: prints each delivery as it lands, until Ctrl-C.
+* ``demo``: waits until every expected outcome is observed at the sinks and in
+  the dead-letter topics, prints one summary line and exits 0, or exits 1
+  naming what was missing or unexpected.
+
+Either way it stops exactly what it started, Kafka and Redis included when it
+was the one that started them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Consumer, TopicPartition
+
+from devstack import infra
+
+REPO = infra.REPO
+SMTP_PORT = int(os.environ.get("TIDINGS_DEMO_SMTP_PORT", "2525"))
+HTTP_PORT = int(os.environ.get("TIDINGS_DEMO_HTTP_PORT", "8025"))
+SECRET = "whsec_" + "ZGVtby1zaWduaW5nLXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24="
+REFUSED = "edsger@refused.example.com"
+GONE_PATH = "/gone/edsger"
+SOURCE = "tidings/demo"
+
+
+@dataclass
+class Stack:
+    state: Path
+    started: list[infra.Service] = field(default_factory=list)
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "TIDINGS_KAFKA_BOOTSTRAP": os.environ.get("TIDINGS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            "TIDINGS_REDIS_URL": os.environ.get("TIDINGS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+            "TIDINGS_RULES": str(REPO / "config" / "rules.yaml"),
+            "TIDINGS_SMTP_HOST": "127.0.0.1",
+            "TIDINGS_SMTP_PORT": str(SMTP_PORT),
+            "TIDINGS_WEBHOOK_SIGNING_SECRET": SECRET,
+            "TIDINGS_SEND_ATTEMPTS": "2",
+            "TIDINGS_RETRY_BACKOFF": "0.2",
+            "TIDINGS_BATCH_SIZE": "200",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start(self, name: str, argv: list[str], *, port: int | None = None,
+              inherit_stdout: bool = False) -> None:
+        logs = self.state / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = self.env()
+        if port is not None:
+            env["TIDINGS_METRICS_PORT"] = str(port)
+        log = (logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=None if inherit_stdout else log, stderr=log,
+                                start_new_session=True)
+        self.procs.append((name, proc))
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.state / "logs" / f"{name}.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}; end of its log:\n{tail}")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for service in reversed(self.started):
+            service.stop()
+
+
+def up(stack: Stack) -> None:
+    kafka = infra.kafka_service(stack.state)
+    redis = infra.Service("redis", stack.state, 6379)
+    if redis.pid() is None:
+        stack.started.append(infra.start_redis(stack.state, 6379))
+    if kafka.pid() is None:
+        stack.started.append(infra.start_kafka(stack.state, 9092, 9093))
+
+
+def tidings(*args: str) -> list[str]:
+    return [sys.executable, "-m", "consumers.cli", *args]
+
+
+def load_events() -> list[dict[str, Any]]:
+    events = yaml.safe_load((REPO / "config" / "demo-events.yaml").read_text())["events"]
+    return list(events)
+
+
+def expected(events: list[dict[str, Any]]) -> Counter[str]:
+    want: Counter[str] = Counter()
+    for ev in events:
+        for channel, outcome in (ev.get("expect") or {}).items():
+            want[f"{channel}:{outcome}"] += 1
+    return want
+
+
+def dlq_ends(env: dict[str, str], topics: list[str]) -> dict[tuple[str, int], int]:
+    c = Consumer({"bootstrap.servers": env["TIDINGS_KAFKA_BOOTSTRAP"], "group.id": "tidings-demo-probe"})
+    try:
+        out: dict[tuple[str, int], int] = {}
+        meta = c.list_topics(timeout=10)
+        for t in topics:
+            for p in meta.topics[t].partitions:
+                out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+        return out
+    finally:
+        c.close()
+
+
+def count_new(env: dict[str, str], start: dict[tuple[str, int], int]) -> Counter[str]:
+    now = dlq_ends(env, sorted({t for t, _ in start}))
+    counts: Counter[str] = Counter()
+    for (topic, part), end in now.items():
+        counts[topic] += end - start.get((topic, part), 0)
+    return counts
+
+
+def publish(env: dict[str, str], events: list[dict[str, Any]], run_id: str) -> int:
+    os.environ.update({k: env[k] for k in ("TIDINGS_KAFKA_BOOTSTRAP",)})
+    from consumers.publisher import Publisher
+    from consumers.settings import Settings
+    from schemas import CloudEvent
+
+    n = 0
+    with Publisher(Settings()) as pub:
+        for ev in events:
+            ident = f"{ev['id']}-{run_id}"
+            if ev.get("raw"):
+                ce = CloudEvent.new(ev["type"], source=SOURCE, subject=ev.get("subject"), id=ident)
+                pub.send_raw(pub.settings.input_topic, b"this is not an avro record", ce.to_headers(),
+                             key=ev.get("subject"))
+            else:
+                pub.publish(ev["type"], ev["data"], subject=ev.get("subject"), source=SOURCE, id=ident)
+            n += 1
+    return n
+
+
+def sink_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.demo")
+    parser.add_argument("mode", choices=["run", "demo"])
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+
+    state = Path(os.environ.get("TIDINGS_STATE", REPO / ".local"))
+    state.mkdir(parents=True, exist_ok=True)
+    stack = Stack(state)
+    record = state / f"sinks-{uuid.uuid4().hex[:8]}.jsonl"
+    interrupted = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        up(stack)
+        env = stack.env()
+        subprocess.run(tidings("topics", "create"), env=env, check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
+        subprocess.run(tidings("recipients", "load", str(REPO / "config" / "recipients.yaml")),
+                       env=env, check=True, cwd=REPO)
+        stack.start("sinks", [sys.executable, "-m", "devstack.sinks", "--smtp-port", str(SMTP_PORT),
+                              "--http-port", str(HTTP_PORT), "--secret", SECRET, "--record", str(record),
+                              "--refuse", REFUSED, "--status", f"{GONE_PATH}=410"],
+                    inherit_stdout=args.mode == "run")
+        stack.start("router", tidings("router"), port=9400)
+        stack.start("deliver-email", tidings("deliver", "email"), port=9401)
+        stack.start("deliver-webhook", tidings("deliver", "webhook"), port=9402)
+        _wait_ready([9400, 9401, 9402], stack, timeout=60)
+
+        events = load_events()
+        want = expected(events)
+        dlq_topics = ["tidings.router.dlq", "tidings.deliver.email.dlq", "tidings.deliver.webhook.dlq"]
+        start_offsets = dlq_ends(env, dlq_topics)
+        run_id = uuid.uuid4().hex[:8]
+        published = publish(env, events, run_id)
+        if args.mode == "run":
+            print(f"published {published} demo events; deliveries print below as they land "
+                  f"(Ctrl-C stops everything). Metrics: http://127.0.0.1:9400/metrics", flush=True)
+            while not interrupted:
+                stack.check_alive()
+                time.sleep(0.5)
+            return 0
+
+        deadline = time.monotonic() + args.timeout
+        seen: Counter[str] = Counter()
+        while time.monotonic() < deadline and not interrupted:
+            stack.check_alive()
+            seen = observe(record, env, start_offsets)
+            if all(seen[k] >= v for k, v in want.items()):
+                break
+            time.sleep(0.5)
+        time.sleep(2.0)  # settle: anything extra that was going to arrive, arrives
+        seen = observe(record, env, start_offsets)
+        took = time.monotonic() - started
+        delivered = sum(v for k, v in seen.items() if k.endswith(":delivered"))
+        dead = sum(v for k, v in seen.items() if k.endswith(":dead_lettered"))
+        dupes = seen.pop("duplicates", 0)
+        ok = seen == want and dupes == 0
+        print(f"demo: {published} events published, {delivered} deliveries delivered, "
+              f"{dead} dead-lettered, {took:.1f}s; "
+              + ("every expected outcome observed" if ok else "MISMATCH"))
+        if not ok:
+            for key in sorted(set(want) | set(seen)):
+                if want[key] != seen[key]:
+                    print(f"  {key}: expected {want[key]}, observed {seen[key]}")
+            if dupes:
+                print(f"  duplicate deliveries at the sinks: {dupes}")
+        return 0 if ok else 1
+    finally:
+        stack.stop()
+        record.unlink(missing_ok=True)
+
+
+def observe(record: Path, env: dict[str, str], start: dict[tuple[str, int], int]) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    ids: Counter[str] = Counter()
+    for rec in sink_records(record):
+        status = rec.get("status", 250) if rec.get("kind") == "webhook" else 250
+        if status is None or not 200 <= status < 300 and rec.get("kind") == "webhook":
+            continue
+        seen[f"{rec['kind']}:delivered"] += 1
+        ids[str(rec.get("delivery_id"))] += 1
+    dupes = sum(n - 1 for n in ids.values() if n > 1)
+    if dupes:
+        seen["duplicates"] = dupes
+    new = count_new(env, start)
+    for topic, n in new.items():
+        if n:
+            channel = "router" if topic.endswith("router.dlq") else topic.split(".")[-2]
+            seen[f"{channel}:dead_lettered"] += n
+    return seen
+
+
+def _wait_ready(ports: list[int], stack: Stack, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        stack.check_alive()
+        for port in list(pending):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:  # noqa: S310
+                    if resp.status == 200:
+                        pending.remove(port)
+            except OSError:
+                pass
+        time.sleep(0.3)
+    if pending:
+        raise RuntimeError(f"consumers on ports {pending} not ready within {timeout:.0f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import fastavro
+import pytest
+from fastavro.schema import fingerprint as fastavro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+from schemas import Catalog
+from schemas.avro import SCHEMA_DIR, SINGLE_OBJECT_MAGIC, crc64_avro, fingerprint
+from schemas.errors import ConfigError, DecodeError, SchemaMismatchError
+
+MATCH = {
+    "user_id": "u-1", "match_id": "m-1", "job_title": "Engineer", "company": "Acme",
+    "score": 80.0, "location": None, "is_remote": False,
+}
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+def test_crc64_avro_matches_the_spec_vector() -> None:
+    # The Avro specification's fingerprint of the schema "null".
+    assert crc64_avro(b'"null"') == 7195948357588979594
+
+
+def test_fingerprint_agrees_with_fastavro(catalog: Catalog) -> None:
+    for schema in catalog.current.values():
+        canonical = to_parsing_canonical_form(schema.parsed)
+        assert fingerprint(schema.parsed) == bytes.fromhex(fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def test_catalog_has_the_demo_event_types(catalog: Catalog) -> None:
+    assert set(catalog.by_type) == {
+        "jobs.match.found", "applications.status.changed", "bookgen.job.completed", "system.alert",
+    }
+    assert "tidings.internal.Delivery" in catalog.current
+    assert "tidings.internal.Status" in catalog.current
+
+
+def test_single_object_round_trip(catalog: Catalog) -> None:
+    schema = catalog.for_type("jobs.match.found")
+    value = catalog.encode(schema, MATCH)
+    assert value[:2] == SINGLE_OBJECT_MAGIC
+    assert value[2:10] == schema.fingerprint
+    reader, data = catalog.decode(value)
+    assert reader is schema
+    assert data == MATCH
+
+
+def test_old_writer_decodes_with_the_new_field_default(catalog: Catalog) -> None:
+    old = next(s for s in catalog.by_fingerprint.values() if s.path and s.path.parent.name == "history")
+    assert "is_remote" not in old.field_names
+    v1 = {k: v for k, v in MATCH.items() if k != "is_remote"}
+    value = catalog.encode(old, v1)
+    _, data = catalog.decode(value, reader=catalog.for_type("jobs.match.found"))
+    assert data["is_remote"] is False
+    assert data["job_title"] == "Engineer"
+
+
+def test_confluent_framing_is_recognised(catalog: Catalog) -> None:
+    schema = catalog.for_type("system.alert")
+    value = catalog.encode_confluent(schema, 7, {"severity": "critical", "component": "x", "message": "y"})
+    assert value[:5] == struct.pack(">bI", 0, 7)
+    with pytest.raises(DecodeError, match="schema id 7.*no schema registry"):
+        catalog.decode(value)
+
+
+class _Registry:
+    def __init__(self, raw: dict[str, object]) -> None:
+        self.raw = raw
+
+    def schema_by_id(self, schema_id: int) -> dict[str, object]:
+        assert schema_id == 3
+        return self.raw
+
+
+def test_confluent_framing_resolves_through_a_registry() -> None:
+    raw = json.loads((SCHEMA_DIR / "system.alert.avsc").read_text())
+    catalog = Catalog.load(registry=_Registry(raw))
+    schema = catalog.for_type("system.alert")
+    value = catalog.encode_confluent(schema, 3, {"severity": "info", "component": "c", "message": "m"})
+    _, data = catalog.decode(value)
+    assert data == {"severity": "info", "component": "c", "message": "m"}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"", "empty value"),
+        (b"\x01\x02\x03", "unknown framing: first byte 0x01"),
+        (SINGLE_OBJECT_MAGIC + b"\x00" * 3, "truncated single-object header"),
+        (SINGLE_OBJECT_MAGIC + b"\xde\xad\xbe\xef\x00\x00\x00\x00body", "unknown schema fingerprint deadbeef"),
+    ],
+)
+def test_bad_bytes_are_named(catalog: Catalog, value: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        catalog.decode(value)
+
+
+def test_truncated_body_is_a_decode_error(catalog: Catalog) -> None:
+    value = catalog.encode(catalog.for_type("jobs.match.found"), MATCH)
+    with pytest.raises(DecodeError, match="cannot decode body"):
+        catalog.decode(value[:14])
+
+
+def test_body_of_another_type_is_a_schema_mismatch(catalog: Catalog) -> None:
+    value = catalog.encode(catalog.for_type("system.alert"),
+                           {"severity": "info", "component": "c", "message": "m"})
+    with pytest.raises(SchemaMismatchError, match="written as tidings.events.SystemAlert"):
+        catalog.decode(value, reader=catalog.for_type("jobs.match.found"))
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "message"),
+    [
+        ({**MATCH, "score": "high"}, "score", "field 'score' does not fit type double"),
+        ({k: v for k, v in MATCH.items() if k != "company"}, "company", "missing required field 'company'"),
+        ({**MATCH, "salary": 1}, "salary", "unknown field 'salary'"),
+        ({**MATCH, "location": 5}, "location", "'location' does not fit type null or string"),
+    ],
+)
+def test_data_that_does_not_fit_names_the_field(catalog: Catalog, data: dict[str, object], field: str,
+                                                message: str) -> None:
+    with pytest.raises(SchemaMismatchError, match=message) as info:
+        catalog.encode(catalog.for_type("jobs.match.found"), data)
+    assert info.value.field == field
+
+
+def test_enum_symbols_are_checked(catalog: Catalog) -> None:
+    with pytest.raises(SchemaMismatchError, match="one of info/warning/critical"):
+        catalog.encode(catalog.for_type("system.alert"), {"severity": "meh", "component": "c", "message": "m"})
+
+
+def test_unknown_event_type(catalog: Catalog) -> None:
+    with pytest.raises(SchemaMismatchError, match="no schema declares event type 'nope'"):
+        catalog.for_type("nope")
+
+
+def test_encoding_matches_fastavro_schemaless(catalog: Catalog) -> None:
+    schema = catalog.for_type("jobs.match.found")
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema.parsed, MATCH)
+    assert catalog.encode(schema, MATCH)[10:] == buf.getvalue()
+
+
+def test_two_current_schemas_for_one_type_are_refused(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.avsc").write_text(json.dumps(
+            {"type": "record", "name": name.upper(), "ce_type": "same.type", "fields": []}))
+    with pytest.raises(ConfigError, match="two current schemas declare ce_type same.type"):
+        Catalog.load(tmp_path)
