@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from channels.base import Channel, Sent
 from consumers import metrics
-from consumers.kafka import ProduceError, dlq_headers, now_text
+from consumers.kafka import ProduceError, coordinates, dlq_headers, now_text
 from consumers.loop import ConsumerLoop, RetryBatch
 from consumers.settings import Settings
 from router import keys
@@ -178,7 +178,7 @@ class DeliverConsumer(ConsumerLoop):
                 self._failed(item, exc, started)
                 item.outcome = "dead_lettered"
                 return
-            except (TransientError, DeliveryError, Exception) as exc:  # noqa: BLE001
+            except (TransientError, DeliveryError, Exception) as exc:
                 # Unknown exceptions from a channel are bugs or unmapped provider answers:
                 # treat them as transient so the delivery is retried, then dead-lettered.
                 self._failed(item, exc, started)
@@ -207,12 +207,12 @@ class DeliverConsumer(ConsumerLoop):
 
     def _backoff(self, exc: Exception, attempt: int) -> float | None:
         """Seconds to wait before the next attempt in place, or None to give up now."""
-        base = self.settings.retry_backoff * (2 ** (attempt - 1))
+        base = float(self.settings.retry_backoff * 2.0 ** (attempt - 1))
         if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
             if exc.retry_after > self.settings.max_retry_after:
                 return None
-            return max(base, exc.retry_after)
-        return base
+            return max(base, float(exc.retry_after))
+        return float(base)
 
     # -- outcomes -----------------------------------------------------------------
 
@@ -259,11 +259,12 @@ def _storable(items: list[_Item]) -> list[TopicPartition]:
     out: dict[tuple[str, int], int] = {}
     blocked: set[tuple[str, int]] = set()
     for item in items:
-        key = (item.msg.topic(), item.msg.partition())
+        topic, partition, offset = coordinates(item.msg)
+        key = (topic, partition)
         if key in blocked:
             continue
         if not item.done:
             blocked.add(key)
             continue
-        out[key] = item.msg.offset() + 1
+        out[key] = offset + 1
     return [TopicPartition(t, p, o) for (t, p), o in out.items()]

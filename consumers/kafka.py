@@ -77,7 +77,24 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
     return conf
 
 
-class ProduceError(KafkaException):  # type: ignore[misc]
+def coordinates(msg: Message) -> tuple[str, int, int]:
+    """``(topic, partition, offset)`` of a consumed record (never None for one without error)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
+
+
+def headers_of(msg: Message) -> list[tuple[str, bytes]]:
+    """A record's headers as a list of (name, bytes); values of None become empty bytes."""
+    raw = msg.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    out: list[tuple[str, bytes]] = []
+    for k, v in items:
+        out.append((k, v.encode() if isinstance(v, str) else (v or b"")))
+    return out
+
+
+class ProduceError(KafkaException):
     """One or more records of a batch were not acknowledged by Kafka."""
 
 
@@ -104,7 +121,7 @@ class BatchProducer:
             self._errors.append(err)
 
     def send(self, topic: str, value: bytes, key: str | bytes | None = None,
-             headers: Sequence[tuple[str, bytes]] | None = None) -> None:
+             headers: Sequence[tuple[str, str | bytes]] | None = None) -> None:
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=list(headers or ()),
@@ -143,15 +160,16 @@ def dlq_headers(
     first_failure: str | None = None,
 ) -> Headers:
     """Original headers (without earlier DLQ headers) plus our text-encoded DLQ headers."""
-    original = [(k, v) for k, v in (msg.headers() or []) if k not in DLQ_HEADERS]
+    original = [(k, v) for k, v in headers_of(msg) if k not in DLQ_HEADERS]
     ts_type, ts = msg.timestamp()
+    topic, partition, offset = coordinates(msg)
     last = now_text()
     ours = [
         (DLQ_REASON, reason),
         (DLQ_MESSAGE, message[:2000]),
-        (DLQ_TOPIC, msg.topic() or ""),
-        (DLQ_PARTITION, str(msg.partition())),
-        (DLQ_OFFSET, str(msg.offset())),
+        (DLQ_TOPIC, topic),
+        (DLQ_PARTITION, str(partition)),
+        (DLQ_OFFSET, str(offset)),
         (DLQ_TIMESTAMP, str(ts) if ts_type else ""),
         (DLQ_GROUP, group),
         (DLQ_ATTEMPTS, str(attempts)),
@@ -165,9 +183,8 @@ def batch_starts(messages: Sequence[Message]) -> list[TopicPartition]:
     """The first offset of each partition in a batch (to seek back and retry it)."""
     first: dict[tuple[str, int], int] = {}
     for m in messages:
-        key = (m.topic(), m.partition())
-        if key not in first:
-            first[key] = m.offset()
+        topic, partition, offset = coordinates(m)
+        first.setdefault((topic, partition), offset)
     return [TopicPartition(t, p, o) for (t, p), o in first.items()]
 
 
@@ -175,7 +192,8 @@ def next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     """Offsets to store after a batch: last offset + 1 per partition."""
     last: dict[tuple[str, int], int] = {}
     for m in messages:
-        last[(m.topic(), m.partition())] = m.offset()
+        topic, partition, offset = coordinates(m)
+        last[(topic, partition)] = offset
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 

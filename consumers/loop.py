@@ -67,7 +67,7 @@ class ConsumerLoop(ABC):
     def handle(self, messages: list[Message]) -> list[TopicPartition]:
         """Process one batch; return the offsets to store. Raise RetryBatch to rewind."""
 
-    def on_close(self) -> None:
+    def on_close(self) -> None:  # noqa: B027 - optional hook
         """Release the handler's own resources."""
 
     # -- rebalance and statistics callbacks --------------------------------

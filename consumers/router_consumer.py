@@ -18,7 +18,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from consumers import metrics
-from consumers.kafka import ProduceError, dlq_headers, next_offsets
+from consumers.kafka import ProduceError, coordinates, dlq_headers, headers_of, next_offsets
 from consumers.loop import ConsumerLoop, RetryBatch
 from consumers.settings import Settings
 from router.decision import Event, route
@@ -42,7 +42,7 @@ class _Parsed:
 
 def decode_event(catalog: Catalog, msg: Message) -> Event:
     """CloudEvents headers plus an Avro body that matches the declared type, or an InputError."""
-    ce = CloudEvent.from_headers(msg.headers())
+    ce = CloudEvent.from_headers(headers_of(msg))
     schema, data = catalog.decode(msg.value(), reader=catalog.for_type(ce.type))
     return Event(ce=ce, data=data, category=schema.category)
 
@@ -70,13 +70,14 @@ class RouterConsumer(ConsumerLoop):
             except InputError as exc:
                 dead.append((msg, exc))
                 continue
-            owner = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
+            owner = "{}:{}:{}".format(*coordinates(msg))
             parsed.append(_Parsed(msg, event, event_key(event.ce.source, event.ce.id), owner))
 
         refs = {(p.event.ce.tenant, p.event.ce.subject) for p in parsed
                 if p.event.ce.subject is not None and self.rules.for_type(p.event.ce.type)}
+        refs_typed: set[tuple[str, str]] = {(t, s) for t, s in refs if s is not None}
         try:
-            snapshot = self.state.load([(p.key, p.owner) for p in parsed], refs)  # type: ignore[arg-type]
+            snapshot = self.state.load([(p.key, p.owner) for p in parsed], refs_typed)
         except RedisError as exc:
             raise RetryBatch("redis", backoff=0.5) from exc
 
@@ -107,12 +108,12 @@ class RouterConsumer(ConsumerLoop):
                 self._status(status)
                 metrics.ROUTER_DECISIONS.labels(status.state.value, status.reason or "").inc()
 
-        for msg, exc in dead:
-            self._dead_letter(msg, exc)
+        for msg, error in dead:
+            self._dead_letter(msg, error)
         try:
             self.producer.commit_point()
-        except ProduceError as exc:
-            raise RetryBatch("produce", backoff=1.0) from exc
+        except ProduceError as err:
+            raise RetryBatch("produce", backoff=1.0) from err
         if release:
             try:
                 self.state.release(release)
@@ -128,15 +129,14 @@ class RouterConsumer(ConsumerLoop):
     def _dead_letter(self, msg: Message, exc: InputError) -> None:
         topic = self.settings.router_dlq_topic
         reason = exc.reason
-        log.warning("dead-lettering %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(),
-                    reason, exc)
+        log.warning("dead-lettering %s[%d]@%d: %s: %s", *coordinates(msg), reason, exc)
         self.producer.send(topic, msg.value() or b"", key=msg.key(),
                            headers=dlq_headers(msg, group=self.group, reason=reason,
                                                message=str(exc), attempts=1))
         metrics.DLQ_RECORDS.labels(topic, reason).inc()
         metrics.ROUTER_DECISIONS.labels(State.dead_lettered.value, reason).inc()
         try:
-            ce = CloudEvent.from_headers(msg.headers())
+            ce = CloudEvent.from_headers(headers_of(msg))
         except InputError:
             return  # no identity to report a status against; the DLQ record is the trace
         self._status(Status(state=State.dead_lettered, event_id=ce.id, event_source=ce.source,

@@ -12,7 +12,7 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from consumers.kafka import _base
+from consumers.kafka import _base, coordinates
 from consumers.settings import Settings
 from schemas import Catalog, Status
 from schemas.errors import DecodeError
@@ -42,8 +42,9 @@ def find_status(settings: Settings, ident: str, catalog: Catalog | None = None,
             for msg in consumer.consume(1000, 0.5):
                 if msg.error():
                     continue
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    ends.pop(msg.partition(), None)
+                _, partition, offset = coordinates(msg)
+                if offset + 1 >= ends.get(partition, 0):
+                    ends.pop(partition, None)
                 try:
                     status = Status.decode(catalog, msg.value())
                 except DecodeError:

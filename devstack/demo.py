@@ -258,7 +258,7 @@ def observe(record: Path, env: dict[str, str], start: dict[tuple[str, int], int]
     ids: Counter[str] = Counter()
     for rec in sink_records(record):
         status = rec.get("status", 250) if rec.get("kind") == "webhook" else 250
-        if status is None or not 200 <= status < 300 and rec.get("kind") == "webhook":
+        if status is None or (not 200 <= status < 300 and rec.get("kind") == "webhook"):
             continue
         seen[f"{rec['kind']}:delivered"] += 1
         ids[str(rec.get("delivery_id"))] += 1
@@ -282,7 +282,7 @@ def _wait_ready(ports: list[int], stack: Stack, timeout: float) -> None:
         stack.check_alive()
         for port in list(pending):
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
                     if resp.status == 200:
                         pending.remove(port)
             except OSError:

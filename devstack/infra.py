@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import re
 import shutil
@@ -198,10 +199,8 @@ def _reap(pid: int) -> None:
         if child.poll() is not None:
             _CHILDREN.pop(pid, None)
         return
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 _LOG4J2 = """\

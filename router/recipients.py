@@ -184,7 +184,7 @@ class RecipientStore:
 
     def get(self, tenant: str, user: str) -> Recipient | None:
         raw = self.redis.get(keys.recipient(tenant, user))
-        return Recipient.from_json(raw) if raw else None  # type: ignore[arg-type]
+        return Recipient.from_json(raw) if raw else None
 
     def remove(self, tenant: str, user: str) -> bool:
         pipe = self.redis.pipeline(transaction=True)
@@ -195,5 +195,5 @@ class RecipientStore:
 
     def ids(self, tenant: str = DEFAULT_TENANT) -> list[str]:
         return sorted(m.decode() if isinstance(m, bytes) else str(m)
-                      for m in self.redis.smembers(keys.recipient_index(tenant)))  # type: ignore[union-attr]
+                      for m in self.redis.smembers(keys.recipient_index(tenant)))
 

@@ -30,8 +30,10 @@ from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
     Template,
-    TemplateError as JinjaTemplateError,
     TemplateNotFound,
+)
+from jinja2 import (
+    TemplateError as JinjaTemplateError,
 )
 from jinja2.sandbox import SandboxedEnvironment
 

@@ -82,7 +82,12 @@ class Schema:
 
     @property
     def field_names(self) -> list[str]:
-        return [f["name"] for f in self.parsed["fields"]]
+        return [str(f["name"]) for f in self.fields]
+
+    @property
+    def fields(self) -> list[dict[str, Any]]:
+        parsed: dict[str, Any] = self.parsed
+        return list(parsed["fields"])
 
 
 @dataclass
@@ -111,7 +116,7 @@ class Catalog:
 
     def add(self, raw: dict[str, Any], *, current: bool, path: Path | None = None) -> Schema:
         try:
-            parsed = fastavro.parse_schema(raw, _write_hint=False)
+            parsed: Any = fastavro.parse_schema(raw, _write_hint=False)
         except Exception as exc:  # fastavro raises several types for bad schemas
             raise ConfigError(f"invalid Avro schema {path or raw.get('name')}: {exc}") from exc
         schema = Schema(
@@ -242,7 +247,7 @@ def check_fits(schema: Schema, data: Mapping[str, Any]) -> None:
             f"{schema.name}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})",
             field=unknown[0],
         )
-    for fld in schema.parsed["fields"]:
+    for fld in schema.fields:
         name = fld["name"]
         if name not in data:
             if "default" in fld:

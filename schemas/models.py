@@ -57,7 +57,7 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
     @classmethod
-    def schema(cls, catalog: Catalog) -> Schema:
+    def avro_schema(cls, catalog: Catalog) -> Schema:
         return catalog.named(cls.avro_name())
 
     @classmethod
@@ -72,11 +72,11 @@ class _Record(BaseModel):
         return data
 
     def encode(self, catalog: Catalog) -> bytes:
-        return catalog.encode(self.schema(catalog), self.to_avro(), check=False)
+        return catalog.encode(self.avro_schema(catalog), self.to_avro(), check=False)
 
     @classmethod
     def decode(cls, catalog: Catalog, value: bytes | None) -> Self:
-        schema, data = catalog.decode(value, reader=cls.schema(catalog))
+        schema, data = catalog.decode(value, reader=cls.avro_schema(catalog))
         try:
             return cls.model_validate(data)
         except ValueError as exc:
