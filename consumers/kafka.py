@@ -142,8 +142,8 @@ class BatchProducer:
                 + (f": {first.str()}" if first else "")
             )
 
-    def close(self) -> None:
-        self.producer.flush(self.flush_timeout)
+    def close(self, timeout: float | None = None) -> None:
+        self.producer.flush(self.flush_timeout if timeout is None else timeout)
 
 
 def now_text() -> str:

@@ -192,7 +192,7 @@ class ConsumerLoop(ABC):
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: close: %s", self.group, exc)
-        self.producer.close()
+        self.producer.close(self.settings.shutdown_timeout)
         self.on_close()
         log.info("%s: stopped", self.group)
 
