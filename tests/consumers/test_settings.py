@@ -284,8 +284,6 @@ def test_mask_url_password(url: str, masked: str) -> None:
     assert mask_url_password(url) == masked
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="consumers/settings.py: an unescaped '@' in a URL password leaks its tail")
 def test_mask_url_password_with_an_at_sign_in_the_password() -> None:
     # redis-py reads "redis://:p@ss@host" as password "p@ss" (the last '@' ends the userinfo).
     assert "ss" not in mask_url_password("redis://:p@ss@host:6379/0").split("@host")[0]

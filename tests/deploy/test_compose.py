@@ -32,7 +32,7 @@ def test_every_tidings_setting_in_compose_exists() -> None:
 
 
 def test_every_tidings_command_parses() -> None:
-    for name, service in compose()["services"].items():
+    for service in compose()["services"].values():
         command = service.get("command")
         if service.get("image") == "tidings:dev" and command:
             parser().parse_args(command)  # raises SystemExit on an unknown command
