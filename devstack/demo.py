@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start("sinks", [sys.executable, "-m", "devstack.sinks", "--smtp-port", str(SMTP_PORT),
                               "--http-port", str(HTTP_PORT), "--secret", SECRET, "--record", str(record),
                               "--refuse", REFUSED, "--status", f"{GONE_PATH}=410"],
-                    inherit_stdout=args.mode == "run")
+                    inherit_stdout=False)
         stack.start("router", tidings("router"), port=9400)
         stack.start("deliver-email", tidings("deliver", "email"), port=9401)
         stack.start("deliver-webhook", tidings("deliver", "webhook"), port=9402)
@@ -218,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "run":
             print(f"published {published} demo events; deliveries print below as they land "
                   f"(Ctrl-C stops everything). Metrics: http://127.0.0.1:9400/metrics", flush=True)
+            people = {r["contacts"].get("email"): r["id"] for r in _recipients()}
+            printed = 0
             while not interrupted:
                 stack.check_alive()
-                time.sleep(0.5)
+                records = sink_records(record)
+                for rec in records[printed:]:
+                    print(describe(rec, people), flush=True)
+                printed = len(records)
+                time.sleep(0.3)
             return 0
 
         deadline = time.monotonic() + args.timeout
@@ -251,6 +257,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.stop()
         record.unlink(missing_ok=True)
+
+
+def _recipients() -> list[dict[str, Any]]:
+    return list(yaml.safe_load((REPO / "config" / "recipients.yaml").read_text())["recipients"])
+
+
+def describe(rec: dict[str, Any], people: dict[str, str]) -> str:
+    """One line per delivery that landed: user, channel, subject."""
+    if rec.get("kind") == "email":
+        to = (rec.get("to") or ["?"])[0]
+        return f"{people.get(to, to):10} email    {rec.get('subject')}"
+    body = rec.get("body") if isinstance(rec.get("body"), dict) else {}
+    status = rec.get("status")
+    note = "" if status and 200 <= status < 300 else f"  [answered {status}: will be dead-lettered]"
+    return f"{body.get('recipient', '?'):10} webhook  {body.get('title')}{note}"
 
 
 def observe(record: Path, env: dict[str, str], start: dict[tuple[str, int], int]) -> Counter[str]:
