@@ -38,6 +38,7 @@ from typing import ClassVar, Literal
 
 import aiosmtplib
 from aiosmtplib.email import flatten_message
+from aiosmtplib.protocol import SMTPProtocol
 from pydantic import SecretStr, field_validator
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_email
@@ -140,6 +141,7 @@ class EmailChannel(Channel):
         self._sender = email.utils.parseaddr(config.from_address)[1]
         self._slots = asyncio.Semaphore(config.pool_size)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._sessions: list[SMTPProtocol] = []  # every session opened and not yet seen closed
         self._ehlo_name = config.local_hostname
         self._closed = False
 
@@ -192,7 +194,7 @@ class EmailChannel(Channel):
         return Sent(provider_id=self.message_id(delivery))
 
     async def aclose(self) -> None:
-        """Say QUIT on every idle session, then close them."""
+        """Say QUIT on every idle session, then wait (briefly) until every socket is closed."""
         self._closed = True
         idle, self._idle = self._idle, []
         for client, _ in idle:
@@ -200,6 +202,22 @@ class EmailChannel(Channel):
                 await client.quit(timeout=min(self.config.timeout, 2.0))
             except (aiosmtplib.SMTPException, OSError, TimeoutError):
                 client.close()
+        await self._wait_closed(timeout=2.0)
+
+    async def _wait_closed(self, timeout: float) -> None:
+        # A closed TLS session still owes its close_notify exchange; if the event loop
+        # stopped first, its socket would leak. Wait for every session's connection_lost.
+        deadline = time.monotonic() + timeout
+        alive = [p for p in self._sessions if p.transport is not None]
+        while alive and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            alive = [p for p in alive if p.transport is not None]
+        for protocol in alive:
+            if isinstance(protocol.transport, asyncio.WriteTransport):
+                protocol.transport.abort()
+        self._sessions = []
+        if alive:
+            await asyncio.sleep(0)  # let the aborts run
 
     def _take_idle(self) -> aiosmtplib.SMTP | None:
         now = time.monotonic()
@@ -253,6 +271,9 @@ class EmailChannel(Channel):
             raise TransientError(
                 f"cannot open SMTP session with {where} (sending to {masked}): {_describe(exc)}"
             ) from exc
+        self._sessions = [p for p in self._sessions if p.transport is not None]
+        if client.protocol is not None:
+            self._sessions.append(client.protocol)
         return client
 
     async def _transmit(
