@@ -223,17 +223,24 @@ def kafka_service(state: Path, port: int = 9092, controller_port: int = 9093) ->
     return Service("kafka", state, port)
 
 
+def _already_up(service: Service, port_variable: str) -> bool:
+    """True when our own server is up; an error when a stranger holds the port."""
+    if service.pid() is not None and port_open(service.port):
+        print(f"{service.name} already up on 127.0.0.1:{service.port} (pid {service.pid()})")
+        return True
+    if port_open(service.port):
+        raise InfraError(
+            f"port {service.port} is taken by a process that infra did not start; "
+            f"stop it or set {port_variable}"
+        )
+    return False
+
+
 def start_kafka(state: Path, port: int = 9092, controller_port: int = 9093) -> Service:
     """Start a single-node KRaft broker; return at once if ours is already up."""
     service = kafka_service(state, port, controller_port)
-    if service.pid() is not None and port_open(port):
-        print(f"kafka already up on 127.0.0.1:{port} (pid {service.pid()})")
+    if _already_up(service, "TIDINGS_KAFKA_PORT"):
         return service
-    if port_open(port):
-        raise InfraError(
-            f"port {port} is taken by a process that infra did not start; "
-            "stop it or set TIDINGS_KAFKA_PORT"
-        )
     java = java_binary()
     lib = kafka_lib()
     kdir = state / "kafka"
@@ -313,14 +320,8 @@ def _wait_kafka_metadata(port: int, timeout: float) -> None:
 
 def start_redis(state: Path, port: int = 6379) -> Service:
     service = Service("redis", state, port)
-    if service.pid() is not None and port_open(port):
-        print(f"redis already up on 127.0.0.1:{port} (pid {service.pid()})")
+    if _already_up(service, "TIDINGS_REDIS_PORT"):
         return service
-    if port_open(port):
-        raise InfraError(
-            f"port {port} is taken by a process that infra did not start; "
-            "stop it or set TIDINGS_REDIS_PORT"
-        )
     binary = _require(
         "redis-server", "Install it, for example: apt-get update && apt-get install -y redis-server"
     )

@@ -34,6 +34,16 @@ def ada(**contacts: str) -> dict[str, object]:
             "webhook": "http://127.0.0.1:1/hooks/ada", **contacts}}
 
 
+def publish_matches(pipeline: Pipeline, prefix: str, count: int) -> None:
+    """Publish ``count`` matches for u-ada and wait until both sinks have them all."""
+    for i in range(count):
+        pipeline.pub().publish("jobs.match.found", match("u-ada"), subject="u-ada", source=SOURCE,
+                               id=f"{prefix}-{i}")
+    pipeline.pub().flush()
+    pipeline.smtp.wait_for(count, timeout=60)
+    pipeline.web.wait_for(count, timeout=60)
+
+
 def headers_of(msg: object) -> dict[str, str]:
     return {k: v.decode() for k, v in (msg.headers() or [])}  # type: ignore[attr-defined]
 
@@ -236,11 +246,7 @@ def test_router_reprocessing_after_a_crash_sends_nothing_twice(pipeline: Pipelin
     """Invariant 2: the same records routed again yield the same delivery ids, sent once."""
     pipeline.recipients(ada(webhook=pipeline.web.url("/hooks/ada")))
     pipeline.start_all()
-    for i in range(20):
-        pipeline.pub().publish("jobs.match.found", match("u-ada"), subject="u-ada", source=SOURCE, id=f"r-{i}")
-    pipeline.pub().flush()
-    pipeline.smtp.wait_for(20, timeout=60)
-    pipeline.web.wait_for(20, timeout=60)
+    publish_matches(pipeline, "r", 20)
     pipeline.stop("router")
     # Forget the router's committed offsets, as if it had crashed before committing anything.
     from confluent_kafka.admin import AdminClient
@@ -281,11 +287,7 @@ def test_a_redelivered_record_is_a_no_op(pipeline: Pipeline) -> None:
 def test_stop_finishes_the_batch_and_commits(pipeline: Pipeline) -> None:
     pipeline.recipients(ada(webhook=pipeline.web.url("/hooks/ada")))
     pipeline.start_all()
-    for i in range(50):
-        pipeline.pub().publish("jobs.match.found", match("u-ada"), subject="u-ada", source=SOURCE, id=f"s-{i}")
-    pipeline.pub().flush()
-    pipeline.smtp.wait_for(50, timeout=60)
-    pipeline.web.wait_for(50, timeout=60)
+    publish_matches(pipeline, "s", 50)
     pipeline.stop_all()
     # Restarted consumers find nothing left to do: offsets were committed on the way out.
     pipeline.start_all()
