@@ -258,9 +258,7 @@ class EmailChannel(Channel):
         except aiosmtplib.SMTPAuthenticationError as exc:
             client.close()
             user = config.username or ""
-            raise TransientError(
-                f"SMTP login as {user!r} at {where} refused: {exc.code} {exc.message}"
-            ) from exc
+            raise TransientError(f"SMTP login as {user!r} at {where} refused: {exc.code} {exc.message}") from exc
         except aiosmtplib.SMTPResponseException as exc:
             client.close()
             raise TransientError(
@@ -276,9 +274,7 @@ class EmailChannel(Channel):
             self._sessions.append(client.protocol)
         return client
 
-    async def _transmit(
-        self, client: aiosmtplib.SMTP, recipient: str, message: EmailMessage, *, reused: bool
-    ) -> None:
+    async def _transmit(self, client: aiosmtplib.SMTP, recipient: str, message: EmailMessage, *, reused: bool) -> None:
         """One MAIL/RCPT/DATA transaction. On a refusal the session is reset and stays
         usable; on anything else (lost connection, timeout, cancellation) it is closed.
         A reused session that is already gone at MAIL raises :class:`_StaleSession`."""

@@ -89,9 +89,7 @@ def verify(
         raise ValueError(f"webhook-timestamp is not an integer: {raw_timestamp[:20]!r}") from None
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance:
-        raise ValueError(
-            f"webhook-timestamp {timestamp} is more than {tolerance:g} s away from now ({int(current)})"
-        )
+        raise ValueError(f"webhook-timestamp {timestamp} is more than {tolerance:g} s away from now ({int(current)})")
     expected = sign(secret, msg_id, timestamp, body).encode()
     versions: set[str] = set()
     for candidate in signatures.split():

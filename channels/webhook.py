@@ -180,9 +180,7 @@ def _check_url(address: str) -> httpx.URL:
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
         raise InvalidAddressError(f"webhook address {mask_url(address)!r} is not a valid URL") from exc
     if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidAddressError(
-            f"webhook address {mask_url(address)!r} is not an absolute http(s) URL with a host"
-        )
+        raise InvalidAddressError(f"webhook address {mask_url(address)!r} is not an absolute http(s) URL with a host")
     return url
 
 

@@ -22,6 +22,7 @@ Command line (runs until SIGINT or SIGTERM)::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import email
 import email.policy
 import json
@@ -82,8 +83,10 @@ class _Recorder:
         if isinstance(condition, int):
             count = condition
 
-            def check(records: list[Record]) -> bool:
+            def at_least(records: list[Record]) -> bool:
                 return len(records) >= count
+
+            check: Predicate = at_least
         else:
             check = condition
         with self._changed:
@@ -139,9 +142,10 @@ class _Controller(Controller):
     """aiosmtpd's threaded controller, able to listen on port 0 (any free port)."""
 
     def _trigger_server(self) -> None:
-        if self.port == 0 and self.server is not None:
+        # Called once the listener is bound, before the first probe connection.
+        if self.port == 0 and isinstance(self.server, asyncio.Server):
             self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class SmtpSink(_Recorder):
@@ -219,9 +223,7 @@ class SmtpSink(_Recorder):
         with self._changed:
             return self._quits
 
-    def _authenticate(
-        self, server: SMTP, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> AuthResult:
+    def _authenticate(self, server: SMTP, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
         assert self.credentials is not None
         user, password = self.credentials
         ok = (
@@ -380,9 +382,7 @@ class WebhookSink(_Recorder):
         return f"http://{self.host}:{self.port}{path}"
 
     def start(self) -> Self:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

@@ -51,9 +51,7 @@ def send_one(cfg: EmailConfig, delivery: Delivery) -> Any:
 
 
 def test_sends_text_and_html_with_identity_headers(smtp_sink: SmtpSink, make_delivery: Any) -> None:
-    delivery = make_delivery(
-        subject="Your order has shipped", text="It is on its way.", html="<p>On its way</p>"
-    )
+    delivery = make_delivery(subject="Your order has shipped", text="It is on its way.", html="<p>On its way</p>")
 
     sent = send_one(config(smtp_sink.port), delivery)
 
@@ -224,9 +222,7 @@ def test_refused_recipient_keeps_the_session_usable(smtp_sink: SmtpSink, make_de
         "a" * 65 + "@example.com",
     ],
 )
-def test_invalid_address_is_refused_before_connecting(
-    closed_port: int, make_delivery: Any, address: str
-) -> None:
+def test_invalid_address_is_refused_before_connecting(closed_port: int, make_delivery: Any, address: str) -> None:
     # The port is closed: reaching the network would give a TransientError instead.
     with pytest.raises(InvalidAddressError):
         asyncio.run(EmailChannel(config(closed_port)).send(make_delivery(address=address)))
@@ -301,9 +297,7 @@ def test_server_that_stops_mid_run_is_transient(make_delivery: Any) -> None:
 # ------------------------------------------------------------------ auth and TLS
 
 
-def test_login_with_the_right_password(
-    smtp_auth_sink: SmtpSink, make_delivery: Any, smtp_password: str
-) -> None:
+def test_login_with_the_right_password(smtp_auth_sink: SmtpSink, make_delivery: Any, smtp_password: str) -> None:
     cfg = config(smtp_auth_sink.port, username="tidings", password=smtp_password)
 
     assert send_one(cfg, make_delivery()).provider_id
@@ -354,9 +348,7 @@ def test_implicit_tls(certificate: Any, make_delivery: Any) -> None:
         assert len(sink.wait_for(1)) == 1
 
 
-def test_untrusted_certificate_is_refused_unless_validation_is_off(
-    certificate: Any, make_delivery: Any
-) -> None:
+def test_untrusted_certificate_is_refused_unless_validation_is_off(certificate: Any, make_delivery: Any) -> None:
     with SmtpSink(tls_context=certificate.server_context()) as sink:
         error = send_one(config(sink.port, security="tls"), make_delivery())
         assert isinstance(error, TransientError)
@@ -397,9 +389,7 @@ def test_config_refuses_unknown_keys() -> None:
 
 
 def test_from_config_accepts_a_dict(smtp_sink: SmtpSink, make_delivery: Any) -> None:
-    channel = EmailChannel.from_config(
-        {"host": "127.0.0.1", "port": smtp_sink.port, "local_hostname": "t.test"}
-    )
+    channel = EmailChannel.from_config({"host": "127.0.0.1", "port": smtp_sink.port, "local_hostname": "t.test"})
 
     async def scenario() -> Any:
         try:

@@ -86,9 +86,7 @@ def test_posts_the_payload_signed(
         verify(webhook_secret, headers, record["raw"].encode() + b" ")
 
 
-def test_default_body_without_payload(
-    webhook_sink: WebhookSink, signed: WebhookConfig, make_delivery: Any
-) -> None:
+def test_default_body_without_payload(webhook_sink: WebhookSink, signed: WebhookConfig, make_delivery: Any) -> None:
     delivery = hook(
         make_delivery,
         webhook_sink.url("/hooks/acme"),
@@ -214,9 +212,7 @@ def test_answers_map_to_error_classes(
         (307, PermanentError),
     ],
 )
-def test_status_table(
-    make_delivery: Any, unsigned: WebhookConfig, status: int, expected: type[Exception]
-) -> None:
+def test_status_table(make_delivery: Any, unsigned: WebhookConfig, status: int, expected: type[Exception]) -> None:
     with WebhookSink(statuses={"/s": status}) as sink:
         error = send_one(unsigned, hook(make_delivery, sink.url("/s")))
         assert type(error) is expected
@@ -224,17 +220,13 @@ def test_status_table(
         assert sink.wait_for(1)[0]["status"] == status
 
 
-def test_410_error_carries_a_body_excerpt(
-    webhook_sink: WebhookSink, signed: WebhookConfig, make_delivery: Any
-) -> None:
+def test_410_error_carries_a_body_excerpt(webhook_sink: WebhookSink, signed: WebhookConfig, make_delivery: Any) -> None:
     error = send_one(signed, hook(make_delivery, webhook_sink.url("/gone")))
 
     assert "endpoint removed" in str(error)
 
 
-def test_long_answer_excerpt_is_capped(
-    webhook_sink: WebhookSink, signed: WebhookConfig, make_delivery: Any
-) -> None:
+def test_long_answer_excerpt_is_capped(webhook_sink: WebhookSink, signed: WebhookConfig, make_delivery: Any) -> None:
     error = send_one(signed, hook(make_delivery, webhook_sink.url("/teapot")))
 
     assert isinstance(error, PermanentError)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from channels.signing import sign
-from devstack.sinks import Reply, SmtpSink, WebhookSink, _parse_status
+from devstack.sinks import Reply, ReplySpec, SmtpSink, WebhookSink, _parse_status
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "whsec_c2luay10ZXN0LWtleQ=="  # base64 of b"sink-test-key"
@@ -126,9 +126,7 @@ def test_webhook_sink_verifies_records_and_answers_an_id(tmp_path: Path) -> None
     body = json.dumps({"title": "Report ready", "n": 1}).encode()
     with WebhookSink(secret=SECRET, record=tmp_path / "hooks.jsonl", echo=out) as sink:
         good = httpx.post(sink.url("/hooks/acme"), content=body, headers=signed_headers(body), timeout=5)
-        bad = httpx.post(
-            sink.url("/hooks/acme"), content=body + b" ", headers=signed_headers(body), timeout=5
-        )
+        bad = httpx.post(sink.url("/hooks/acme"), content=body + b" ", headers=signed_headers(body), timeout=5)
         records = sink.wait_for(2)
 
     assert good.status_code == 200
@@ -149,7 +147,7 @@ def test_webhook_sink_verifies_records_and_answers_an_id(tmp_path: Path) -> None
 
 
 def test_webhook_sink_fixed_answers() -> None:
-    statuses = {
+    statuses: dict[str, ReplySpec] = {
         "/gone": 410,
         "/slow-down": (429, {"Retry-After": "2"}),
         "/custom": Reply(202, {"X-Test": "yes"}, body="accepted"),
