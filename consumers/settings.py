@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     smtp_timeout: float = 10.0
     smtp_pool_size: int = Field(default=4, ge=1)
     smtp_validate_certs: bool = True
+    smtp_local_hostname: str | None = None
+    """EHLO name; default: this machine's name, looked up once."""
+    smtp_message_id_domain: str = "tidings.local"
 
     # Webhook
     webhook_signing_secret: SecretStr | None = None
@@ -157,6 +160,8 @@ class Settings(BaseSettings):
                 "timeout": self.smtp_timeout,
                 "pool_size": self.smtp_pool_size,
                 "validate_certs": self.smtp_validate_certs,
+                "local_hostname": self.smtp_local_hostname,
+                "message_id_domain": self.smtp_message_id_domain,
             }
         if channel == "webhook":
             return {"signing_secret": self.webhook_signing_secret, "timeout": self.webhook_timeout}

@@ -56,6 +56,7 @@ class Stack:
             "TIDINGS_RULES": str(REPO / "config" / "rules.yaml"),
             "TIDINGS_SMTP_HOST": "127.0.0.1",
             "TIDINGS_SMTP_PORT": str(SMTP_PORT),
+            "TIDINGS_SMTP_LOCAL_HOSTNAME": "localhost",
             "TIDINGS_WEBHOOK_SIGNING_SECRET": SECRET,
             "TIDINGS_SEND_ATTEMPTS": "2",
             "TIDINGS_RETRY_BACKOFF": "0.2",
@@ -268,7 +269,8 @@ def describe(rec: dict[str, Any], people: dict[str, str]) -> str:
     if rec.get("kind") == "email":
         to = (rec.get("to") or ["?"])[0]
         return f"{people.get(to, to):10} email    {rec.get('subject')}"
-    body = rec.get("body") if isinstance(rec.get("body"), dict) else {}
+    raw = rec.get("body")
+    body: dict[str, Any] = raw if isinstance(raw, dict) else {}
     status = rec.get("status")
     note = "" if status and 200 <= status < 300 else f"  [answered {status}: will be dead-lettered]"
     return f"{body.get('recipient', '?'):10} webhook  {body.get('title')}{note}"
