@@ -75,6 +75,7 @@ class ConsumerLoop(ABC):
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("%s: assigned %s", self.group, _tps(partitions))
         self.health.assigned = True
+        self.health.connected = True  # an assignment came through the group coordinator
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Called inside poll/consume, so no batch is in flight: commit what is stored.
@@ -98,6 +99,9 @@ class ConsumerLoop(ABC):
             stats = json.loads(raw)
         except ValueError:
             return
+        brokers = [b for name, b in stats.get("brokers", {}).items() if not name.startswith("GroupCoordinator")]
+        if brokers:
+            self.health.connected = any(b.get("state") == "UP" for b in brokers)
         for topic, tinfo in stats.get("topics", {}).items():
             for pid, pinfo in tinfo.get("partitions", {}).items():
                 if pid == "-1" or pinfo.get("fetch_state") not in ("active", "offset-query"):
@@ -151,6 +155,8 @@ class ConsumerLoop(ABC):
         self.health.tick()
         messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout)
         self.health.tick()
+        if messages:
+            self.health.connected = True
         good = []
         for m in messages:
             err = m.error()
@@ -158,7 +164,6 @@ class ConsumerLoop(ABC):
                 good.append(m)
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("%s: consume error: %s", self.group, err.str())
-        self.health.connected = True
         if not good:
             return
         started = time.perf_counter()
