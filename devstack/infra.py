@@ -224,16 +224,39 @@ def kafka_service(state: Path, port: int = 9092, controller_port: int = 9093) ->
 
 
 def _already_up(service: Service, port_variable: str) -> bool:
-    """True when our own server is up; an error when a stranger holds the port."""
+    """True when a usable server is up: ours, or another one that answers as the right kind.
+
+    A port held by something that does not answer like Kafka or Redis is an error.
+    A server we did not start is used but never stopped by ``down``.
+    """
     if service.pid() is not None and port_open(service.port):
         print(f"{service.name} already up on 127.0.0.1:{service.port} (pid {service.pid()})")
         return True
     if port_open(service.port):
+        if _answers_as(service.name, service.port):
+            print(f"{service.name}: using the server already listening on 127.0.0.1:{service.port} "
+                  "(not started here, so not stopped here)")
+            return True
         raise InfraError(
-            f"port {service.port} is taken by a process that infra did not start; "
+            f"port {service.port} is taken by a process that is not a {service.name} server; "
             f"stop it or set {port_variable}"
         )
     return False
+
+
+def _answers_as(kind: str, port: int) -> bool:
+    if kind == "redis":
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+    try:
+        _wait_kafka_metadata(port, timeout=5)
+    except InfraError:
+        return False
+    return True
 
 
 def start_kafka(state: Path, port: int = 9092, controller_port: int = 9093) -> Service:
