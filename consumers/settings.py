@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     sent_ttl_seconds: int = Field(default=30 * 86400, ge=60)
     shutdown_timeout: float = Field(default=20.0, gt=0)
     metrics_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
-    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    metrics_port: int = Field(default=9400, ge=-1, le=65535)
+    """0 picks a free port; -1 serves no HTTP endpoints (tests, embedded use)."""
     log_level: str = "INFO"
     channel_modules: str | None = None
     """Extra channels, ``module:Class,module:Class``."""

@@ -52,7 +52,8 @@ class Rendered:
 
 
 def _autoescape(name: str | None) -> bool:
-    return bool(name) and Path(name or "").name.startswith("html.")
+    # Called on every render: keep it to string operations.
+    return name is not None and name.rpartition("/")[2].startswith("html.")
 
 
 def locale_chain(locale: str | None) -> tuple[str, ...]:

@@ -116,7 +116,7 @@ class Catalog:
 
     def add(self, raw: dict[str, Any], *, current: bool, path: Path | None = None) -> Schema:
         try:
-            parsed: Any = fastavro.parse_schema(raw, _write_hint=False)
+            parsed: Any = fastavro.parse_schema(raw)
         except Exception as exc:  # fastavro raises several types for bad schemas
             raise ConfigError(f"invalid Avro schema {path or raw.get('name')}: {exc}") from exc
         schema = Schema(
@@ -227,7 +227,7 @@ class Catalog:
             )
         try:
             raw = self.registry.schema_by_id(schema_id)
-            parsed = fastavro.parse_schema(raw, _write_hint=False)
+            parsed = fastavro.parse_schema(raw)
         except DecodeError:
             raise
         except Exception as exc:
