@@ -47,6 +47,17 @@ def decode_event(catalog: Catalog, msg: Message) -> Event:
     return Event(ce=ce, data=data, category=schema.category)
 
 
+class UnexpectedError(InputError):
+    """An event made our own code fail in a way it does not classify: a bug, dead-lettered
+    (with the original exception's class and message) so that the partition moves on and
+    the event can be replayed once the bug is fixed."""
+
+
+def _unexpected(exc: Exception) -> UnexpectedError:
+    log.exception("unexpected error while routing; dead-lettering the event")
+    return UnexpectedError(f"{type(exc).__name__}: {exc}")
+
+
 class RouterConsumer(ConsumerLoop):
     role = "router"
 
@@ -69,6 +80,9 @@ class RouterConsumer(ConsumerLoop):
                 event = decode_event(self.catalog, msg)
             except InputError as exc:
                 dead.append((msg, exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
+                dead.append((msg, _unexpected(exc)))
                 continue
             owner = "{}:{}:{}".format(*coordinates(msg))
             parsed.append(_Parsed(msg, event, event_key(event.ce.source, event.ce.id), owner))
@@ -94,6 +108,9 @@ class RouterConsumer(ConsumerLoop):
                 )
             except InputError as exc:
                 dead.append((p.msg, exc))
+                release.append((p.key, p.owner))
+            except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
+                dead.append((p.msg, _unexpected(exc)))
                 release.append((p.key, p.owner))
                 continue
             for delivery in decision.deliveries:

@@ -51,10 +51,10 @@ class Pipeline:
 
     # -- processes ------------------------------------------------------
 
-    def start_router(self, **overrides: Any) -> RouterConsumer:
+    def start_router(self, renderer: Renderer | None = None, **overrides: Any) -> RouterConsumer:
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings
         rules = RuleSet.load(settings.rules)
-        renderer = Renderer(settings.template_dir)
+        renderer = renderer or Renderer(settings.template_dir)
         renderer.check(rules.templates)
         loop = RouterConsumer(settings, self.catalog, rules, renderer,
                               Redis.from_url(settings.redis_url))

@@ -325,3 +325,29 @@ def test_recipient_store_is_read_by_the_router_as_loaded(pipeline: Pipeline, tmp
 def test_wait_until_helper_fails_loudly() -> None:
     with pytest.raises(AssertionError, match="waiting for nothing"):
         wait_until(lambda: False, timeout=0.1, what="nothing")
+
+
+def test_an_unexpected_error_dead_letters_the_event_and_the_partition_moves_on(pipeline: Pipeline) -> None:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from router.templates import Rendered, Renderer
+
+    class Buggy(Renderer):
+        def render(self, name: str, context: Mapping[str, Any], locale: str | None = None) -> Rendered:
+            if context["event"]["id"] == "trips-the-bug":
+                raise RuntimeError("a bug in our own code")
+            return super().render(name, context, locale)
+
+    pipeline.recipients(ada(webhook=pipeline.web.url("/hooks/ada")))
+    pipeline.start_router(renderer=Buggy(pipeline.settings.template_dir))
+    pipeline.start_channel("email")
+    for ident in ("trips-the-bug", "fine"):
+        pipeline.pub().publish("jobs.match.found", match("u-ada"), subject="u-ada", source=SOURCE, id=ident,
+                               key="default:u-ada")
+    pipeline.pub().flush()
+    [dead] = pipeline.read_topic(pipeline.settings.router_dlq_topic, expect=1)
+    h = headers_of(dead)
+    assert h[DLQ_REASON] == "UnexpectedError" and "RuntimeError: a bug in our own code" in h[DLQ_MESSAGE]
+    [mail] = pipeline.smtp.wait_for(1, timeout=30)
+    assert mail["delivery_id"] == delivery_id(SOURCE, "fine", "job-match", "u-ada", "email")
