@@ -192,13 +192,25 @@ class DeliverConsumer(ConsumerLoop):
                     item.outcome = "dead_lettered"
                     return
                 metrics.DELIVERIES.labels(self.channel_name, "retried_in_place").inc()
-                await asyncio.sleep(wait)
+                await self._pause(wait)
+                if self.stop_event.is_set():
+                    item.outcome = "handed_back"
+                    return
                 continue
             metrics.SEND_LATENCY.labels(self.channel_name).observe(time.perf_counter() - started)
             metrics.END_TO_END_LATENCY.labels(self.channel_name).observe(
                 max(0.0, (datetime.now(UTC) - d.event_time).total_seconds()))
             item.outcome = "delivered"
             return
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake early when shutdown begins."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.1))
 
     def _failed(self, item: _Item, exc: Exception, started: float) -> None:
         metrics.SEND_LATENCY.labels(self.channel_name).observe(time.perf_counter() - started)

@@ -351,3 +351,28 @@ def test_an_unexpected_error_dead_letters_the_event_and_the_partition_moves_on(p
     assert h[DLQ_REASON] == "UnexpectedError" and "RuntimeError: a bug in our own code" in h[DLQ_MESSAGE]
     [mail] = pipeline.smtp.wait_for(1, timeout=30)
     assert mail["delivery_id"] == delivery_id(SOURCE, "fine", "job-match", "u-ada", "email")
+
+
+def test_shutdown_hands_back_a_delivery_that_is_still_failing(pipeline: Pipeline) -> None:
+    from devstack.sinks import Reply
+
+    pipeline.web.replies["/later"] = Reply(503)
+    pipeline.recipients({"id": "u-later", "contacts": {"webhook": pipeline.web.url("/later")}})
+    pipeline.settings = pipeline.settings.model_copy(update={"send_attempts": 10, "retry_backoff": 5.0})
+    pipeline.start_router()
+    pipeline.start_channel("webhook")
+    pipeline.pub().publish("system.alert", {"severity": "critical", "component": "db", "message": "x"},
+                           subject="u-later", source=SOURCE, id="later-1")
+    pipeline.pub().flush()
+    pipeline.web.wait_for(1, timeout=30)
+    started = time.monotonic()
+    pipeline.stop("webhook")  # while it waits 5 s before its second attempt
+    assert time.monotonic() - started < 3.0
+    # Neither delivered nor dead-lettered: the record was not committed, so it comes back.
+    statuses = [Status.decode(pipeline.catalog, m.value())
+                for m in pipeline.read_topic(pipeline.settings.status_topic, expect=2)]
+    assert [s.state for s in statuses if s.channel == "webhook"] == [State.routed]
+    pipeline.web.replies["/later"] = Reply(200)
+    pipeline.start_channel("webhook")
+    records = pipeline.web.wait_for(lambda rs: any(r["status"] == 200 for r in rs), timeout=30)
+    assert [r["status"] for r in records] == [503, 200]
