@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             if dupes:
                 print(f"  duplicate deliveries at the sinks: {dupes}")
         return 0 if ok else 1
+    except (infra.InfraError, RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         stack.stop()
         record.unlink(missing_ok=True)

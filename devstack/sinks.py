@@ -518,15 +518,20 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    smtp = SmtpSink(args.host, args.smtp_port, refuse=args.refuse, record=args.record, echo=True)
-    webhooks = WebhookSink(
-        args.host,
-        args.http_port,
-        secret=args.secret,
-        statuses=dict(args.status),
-        record=args.record,
-        echo=True,
-    )
+    try:
+        smtp = SmtpSink(args.host, args.smtp_port, refuse=args.refuse, record=args.record, echo=True)
+        webhooks = WebhookSink(
+            args.host,
+            args.http_port,
+            secret=args.secret,
+            statuses=dict(args.status),
+            record=args.record,
+            echo=True,
+        )
+    except OSError as exc:
+        print(f"sinks: cannot listen on {args.host} ports {args.smtp_port}/{args.http_port}: {exc.strerror}; "
+              "free them or set TIDINGS_DEMO_SMTP_PORT / TIDINGS_DEMO_HTTP_PORT", file=sys.stderr)
+        return 2
     with smtp, webhooks:
         print(
             f"sinks: smtp on {args.host}:{smtp.port}, webhooks on {webhooks.url()}"
