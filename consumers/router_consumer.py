@@ -109,6 +109,7 @@ class RouterConsumer(ConsumerLoop):
             except InputError as exc:
                 dead.append((p.msg, exc))
                 release.append((p.key, p.owner))
+                continue
             except Exception as exc:  # noqa: BLE001 - a bug must not stall the partition
                 dead.append((p.msg, _unexpected(exc)))
                 release.append((p.key, p.owner))
