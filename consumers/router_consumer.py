@@ -87,11 +87,12 @@ class RouterConsumer(ConsumerLoop):
             owner = "{}:{}:{}".format(*coordinates(msg))
             parsed.append(_Parsed(msg, event, event_key(event.ce.source, event.ce.id), owner))
 
-        refs = {(p.event.ce.tenant, p.event.ce.subject) for p in parsed
-                if p.event.ce.subject is not None and self.rules.for_type(p.event.ce.type)}
-        refs_typed: set[tuple[str, str]] = {(t, s) for t, s in refs if s is not None}
+        refs: set[tuple[str, str]] = {
+            (p.event.ce.tenant, p.event.ce.subject) for p in parsed
+            if p.event.ce.subject is not None and self.rules.for_type(p.event.ce.type)
+        }
         try:
-            snapshot = self.state.load([(p.key, p.owner) for p in parsed], refs_typed)
+            snapshot = self.state.load([(p.key, p.owner) for p in parsed], refs)
         except RedisError as exc:
             raise RetryBatch("redis", backoff=0.5) from exc
 

@@ -88,7 +88,7 @@ class Recipient(BaseModel):
     @field_validator("contacts")
     @classmethod
     def _strip(cls, value: dict[str, str]) -> dict[str, str]:
-        return {k: v.strip() if isinstance(v, str) else v for k, v in value.items()}
+        return {k: v.strip() for k, v in value.items()}
 
     @model_validator(mode="after")
     def _contacts(self) -> Recipient:
@@ -114,7 +114,7 @@ class Recipient(BaseModel):
 
 def contact_problem(channel: str, address: str) -> str | None:
     """A structural problem with a contact point, or None."""
-    if not isinstance(address, str) or not address.strip():
+    if not address.strip():
         return "empty contact point"
     if channel == "email":
         if address.count("@") != 1 or any(c.isspace() for c in address.strip()):
