@@ -10,6 +10,8 @@ import pytest
 
 from devstack import infra
 
+pytestmark = pytest.mark.integration
+
 
 def test_start_is_idempotent_and_stop_stops_only_what_it_started(tmp_path: Path) -> None:
     port = infra.free_port()
