@@ -233,7 +233,7 @@ class DeliverConsumer(ConsumerLoop):
         if item.outcome == "handed_back":
             return
         item.done = True
-        metrics.DELIVERIES.labels(self.channel_name, item.outcome).inc()
+        self.count(metrics.DELIVERIES.labels(self.channel_name, item.outcome))
         if item.outcome == "already_sent":
             return
         if item.outcome == "dead_lettered":
@@ -247,7 +247,7 @@ class DeliverConsumer(ConsumerLoop):
                 headers=dlq_headers(item.msg, group=self.group, reason=reason, message=message,
                                     attempts=item.attempts, first_failure=item.first_failure),
             )
-            metrics.DLQ_RECORDS.labels(self.dlq_topic, reason).inc()
+            self.count(metrics.DLQ_RECORDS.labels(self.dlq_topic, reason))
             if d is not None:
                 self._status(Status.for_delivery(d, State.dead_lettered, reason=reason,
                                                  detail=message[:500], attempt=item.attempts))

@@ -60,6 +60,11 @@ class ConsumerLoop(ABC):
                      "error_cb": self._on_error, **(consumer_overrides or {})}
         self.consumer = Consumer(consumer_config(settings, group, **overrides))
         self._lag_labels: set[tuple[str, str]] = set()
+        self._tally: list[Any] = []
+
+    def count(self, counter: Any) -> None:
+        """Increment a labelled counter once the current batch is committed (not if it is retried)."""
+        self._tally.append(counter)
 
     # -- hooks --------------------------------------------------------------
 
@@ -167,6 +172,7 @@ class ConsumerLoop(ABC):
         if not good:
             return
         started = time.perf_counter()
+        self._tally = []
         try:
             offsets = self.handle(good)
         except RetryBatch as exc:
@@ -181,6 +187,9 @@ class ConsumerLoop(ABC):
         self._failures = 0
         if offsets:
             self.consumer.store_offsets(offsets=offsets)
+        for counter in self._tally:
+            counter.inc()
+        self._tally = []
         metrics.BATCH_SECONDS.labels(self.role).observe(time.perf_counter() - started)
 
     def _commit_sync(self) -> None:

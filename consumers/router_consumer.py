@@ -97,7 +97,6 @@ class RouterConsumer(ConsumerLoop):
             raise RetryBatch("redis", backoff=0.5) from exc
 
         now = datetime.now(UTC)
-        produced = 0
         for p in parsed:
             ce = p.event.ce
             ref = (ce.tenant, ce.subject or "")
@@ -122,10 +121,9 @@ class RouterConsumer(ConsumerLoop):
                     key=f"{delivery.tenant}:{delivery.recipient_id}",
                     headers=[("tidings_delivery_id", delivery.delivery_id.encode())],
                 )
-                produced += 1
             for status in decision.statuses:
                 self._status(status)
-                metrics.ROUTER_DECISIONS.labels(status.state.value, status.reason or "").inc()
+                self.count(metrics.ROUTER_DECISIONS.labels(status.state.value, status.reason or ""))
 
         for msg, error in dead:
             self._dead_letter(msg, error)
@@ -152,8 +150,8 @@ class RouterConsumer(ConsumerLoop):
         self.producer.send(topic, msg.value() or b"", key=msg.key(),
                            headers=dlq_headers(msg, group=self.group, reason=reason,
                                                message=str(exc), attempts=1))
-        metrics.DLQ_RECORDS.labels(topic, reason).inc()
-        metrics.ROUTER_DECISIONS.labels(State.dead_lettered.value, reason).inc()
+        self.count(metrics.DLQ_RECORDS.labels(topic, reason))
+        self.count(metrics.ROUTER_DECISIONS.labels(State.dead_lettered.value, reason))
         try:
             ce = CloudEvent.from_headers(headers_of(msg))
         except InputError:
