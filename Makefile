@@ -43,7 +43,7 @@ lint: venv ## ruff and mypy (strict on the packages)
 test: venv lint ## lint, then the whole test suite on real Kafka, Redis, SMTP and HTTP
 	$(PY) -m pytest
 
-unit: venv ## only the tests that need no servers
+unit: venv ## only the tests that need no Kafka or Redis
 	$(PY) -m pytest -m "not integration"
 
 clean: infra-down ## stop local servers and remove .local and caches
