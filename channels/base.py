@@ -68,6 +68,10 @@ class Channel(ABC):
     async def send(self, delivery: Delivery) -> Sent:
         """Deliver once. Return :class:`Sent` or raise a DeliveryError subclass."""
 
+    def max_in_flight(self) -> int:
+        """Sends this instance can have outstanding; the declared limit unless configuration narrows it."""
+        return self.limits.max_in_flight
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once at shutdown."""
 

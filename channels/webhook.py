@@ -114,6 +114,9 @@ class WebhookChannel(Channel):
     config_model: ClassVar[type[ChannelConfig]] = WebhookConfig
     limits: ClassVar[Limits] = Limits(max_in_flight=32)
 
+    def max_in_flight(self) -> int:
+        return self.config.max_connections
+
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
         self._secret = config.signing_secret.get_secret_value() if config.signing_secret else None

@@ -68,7 +68,7 @@ class DeliverConsumer(ConsumerLoop):
         self.redis = redis
         self.dlq_topic = settings.channel_dlq_topic(channel.name)
         self.aio = asyncio.new_event_loop()
-        limit = min(settings.max_in_flight, type(channel).limits.max_in_flight)
+        limit = min(settings.max_in_flight, channel.max_in_flight())
         self.semaphore = asyncio.Semaphore(limit)
 
     def handle(self, messages: list[Message]) -> list[TopicPartition]:

@@ -389,3 +389,13 @@ def test_default_body_is_compact_json(make_delivery: Any) -> None:
 
     assert json.loads(body)["title"] == "Grüße"
     assert "Grüße".encode() in body
+
+
+def test_in_flight_limit_follows_the_connection_limit() -> None:
+    from channels.webhook import WebhookChannel, WebhookConfig
+
+    channel = WebhookChannel(WebhookConfig(max_connections=5))
+    try:
+        assert channel.max_in_flight() == 5
+    finally:
+        asyncio.run(channel.aclose())

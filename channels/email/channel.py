@@ -1,130 +1,23 @@
-"""Email over SMTP (aiosmtplib), with a small pool of reusable connections.
-
-One :class:`EmailChannel` keeps up to ``pool_size`` SMTP sessions open and
-reuses them across sends. A session found dead when the next message starts
-(the server closed it while idle) is replaced by a fresh one and the message
-goes out on that; nothing had been transmitted, so this cannot duplicate.
-Sessions idle for longer than ``max_idle`` seconds are dropped rather than
-reused, as servers and NAT boxes forget quiet connections.
-
-Outcomes:
-
-* the recipient address is checked before any connection is made; a malformed
-  one is an :class:`~schemas.errors.InvalidAddressError`;
-* a 5xx answer to RCPT is an ``InvalidAddressError``; any other 5xx answer to
-  the transaction (sender or content refused) is a ``PermanentError``;
-* a 4xx answer, a lost connection or a timeout is a ``TransientError``;
-* failing to open a session (connection refused, TLS handshake, EHLO, AUTH),
-  whatever the reply code, is a ``TransientError``: it says nothing about the
-  message and everything about our relay or credentials, so the delivery waits
-  in the retry tiers while someone fixes the settings.
-
-The returned :class:`~channels.base.Sent` carries the Message-ID,
-``<delivery_id@message_id_domain>``, the same on every retry of a delivery, so
-receivers and relays can drop duplicates.
-"""
+"""The email channel: composes the MIME message and sends it over a pooled SMTP session."""
 
 from __future__ import annotations
 
 import asyncio
-import email.errors
 import email.utils
-import re
 import socket
 import time
-from email.headerregistry import Address
 from email.message import EmailMessage
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import aiosmtplib
 from aiosmtplib.email import flatten_message
 from aiosmtplib.protocol import SMTPProtocol
-from pydantic import SecretStr, field_validator
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_email
+from channels.email.address import validate_address
+from channels.email.config import EmailConfig
 from schemas import Delivery
 from schemas.errors import DeliveryError, InvalidAddressError, PermanentError, TransientError
-
-__all__ = ["EmailChannel", "EmailConfig", "validate_address"]
-
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>]")
-
-
-class EmailConfig(ChannelConfig):
-    """SMTP relay settings. ``password`` is a SecretStr: hidden in repr and logs."""
-
-    host: str = "localhost"
-    port: int = 25
-    username: str | None = None
-    password: SecretStr | None = None
-    security: Literal["none", "starttls", "tls"] = "none"
-    """``none``: plain SMTP, no upgrade even if offered; ``starttls``: upgrade or
-    fail; ``tls``: TLS from the first byte (implicit TLS, usually port 465)."""
-    validate_certs: bool = True
-    ca_file: str | None = None
-    """PEM file of CA certificates to trust instead of the system store."""
-    from_address: str = "Tidings <notifications@localhost>"
-    message_id_domain: str = "tidings.local"
-    local_hostname: str | None = None
-    """Name sent in EHLO; default: this machine's fully qualified name."""
-    timeout: float = 10.0
-    """Seconds allowed for each SMTP command, and for connecting."""
-    pool_size: int = 4
-    """At most this many SMTP sessions open at once; more sends wait for one."""
-    max_idle: float = 60.0
-    """A session idle for longer is closed instead of reused."""
-
-    @field_validator("from_address")
-    @classmethod
-    def _from_has_mailbox(cls, value: str) -> str:
-        _, addr = email.utils.parseaddr(value)
-        if "@" not in addr:
-            raise ValueError(f"from_address {value!r} has no mailbox (expected 'Name <user@domain>')")
-        return value
-
-    @field_validator("pool_size")
-    @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("pool_size must be at least 1")
-        return value
-
-
-def validate_address(address: str) -> str:
-    """The envelope form of ``address`` (IDNA domain), or :class:`InvalidAddressError`.
-
-    Accepts a bare ``local@domain``: no display name, no whitespace, no address
-    literal, a domain of at least two valid labels. A non-ASCII local part is
-    refused (it would need SMTPUTF8 end to end); a non-ASCII domain is encoded.
-    """
-    masked = mask_email(address)
-    if not address or _FORBIDDEN.search(address):
-        raise InvalidAddressError(f"email address {masked!r} is empty or contains spaces or brackets")
-    if address.count("@") != 1 and not address.startswith('"'):
-        raise InvalidAddressError(f"email address {masked!r} must contain exactly one '@'")
-    local, _, domain = address.rpartition("@")
-    if not local or not domain:
-        raise InvalidAddressError(f"email address {masked!r} lacks a local part or a domain")
-    if len(local) > 64:
-        raise InvalidAddressError(f"email address {masked!r} has a local part over 64 characters")
-    try:
-        ascii_domain = domain.encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
-        raise InvalidAddressError(f"email address {masked!r} has an invalid domain") from exc
-    labels = ascii_domain.split(".")
-    if (
-        len(ascii_domain) > 253
-        or len(labels) < 2
-        or not all(_LABEL.match(label) for label in labels)
-        or labels[-1].isdigit()
-    ):
-        raise InvalidAddressError(f"email address {masked!r} has an invalid domain")
-    try:
-        parsed = Address(addr_spec=f"{local}@{ascii_domain}")
-    except (ValueError, email.errors.MessageError) as exc:
-        raise InvalidAddressError(f"email address {masked!r} is not a valid mailbox") from exc
-    return parsed.addr_spec
 
 
 class _StaleSession(Exception):
@@ -144,6 +37,10 @@ class EmailChannel(Channel):
         self._sessions: list[SMTPProtocol] = []  # every session opened and not yet seen closed
         self._ehlo_name = config.local_hostname
         self._closed = False
+
+    def max_in_flight(self) -> int:
+        # One transaction per pooled connection at a time: more would only queue for a slot.
+        return self.config.pool_size
 
     def compose(self, delivery: Delivery, recipient: str) -> EmailMessage:
         """The MIME message for one delivery: text, plus an HTML alternative when given."""
