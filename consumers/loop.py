@@ -8,8 +8,8 @@ partition seeks back to its first record) and fetched again after a backoff:
 nothing is skipped and the loop keeps polling, so the group does not evict us.
 
 Shutdown (SIGTERM or SIGINT): stop fetching, let the current batch finish,
-store its offsets, commit synchronously, close the consumer (leaving the
-group), flush the producer. The Kubernetes grace period must exceed
+store its offsets, close the consumer (which commits the stored offsets and
+leaves the group), flush the producer. The Kubernetes grace period must exceed
 ``TIDINGS_SHUTDOWN_TIMEOUT`` plus one batch.
 """
 
@@ -83,9 +83,13 @@ class ConsumerLoop(ABC):
         self.health.connected = True  # an assignment came through the group coordinator
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Called inside poll/consume, so no batch is in flight: commit what is stored.
+        # Called inside poll/consume, so no batch is in flight and everything done is
+        # stored. Ask for a commit without waiting: a synchronous commit inside the
+        # rebalance callback can block for as long as the coordinator is unreachable
+        # (seen with a broker restart). librdkafka also commits stored offsets of
+        # removed partitions itself, as auto-commit is on.
         log.info("%s: revoked %s", self.group, _tps(partitions))
-        self._commit_sync()
+        self._commit_async()
         self._forget_lag(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -192,16 +196,17 @@ class ConsumerLoop(ABC):
         self._tally = []
         metrics.BATCH_SECONDS.labels(self.role).observe(time.perf_counter() - started)
 
-    def _commit_sync(self) -> None:
+    def _commit_async(self) -> None:
         try:
-            self.consumer.commit(asynchronous=False)
+            self.consumer.commit(asynchronous=True)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError._NO_OFFSET:
                 log.warning("%s: commit failed: %s", self.group, exc)
 
     def _shutdown(self) -> None:
         log.info("%s: shutting down", self.group)
-        self._commit_sync()
+        # close() revokes the assignment, commits the stored offsets (auto-commit is on)
+        # and leaves the group.
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
