@@ -43,10 +43,13 @@ lint: venv ## ruff and mypy (strict on the packages)
 test: venv lint ## lint, then the whole test suite on real Kafka, Redis, SMTP and HTTP
 	$(PY) -m pytest
 
+chaos: venv ## infrastructure restarts under load (not part of make test)
+	$(PY) -m pytest -m chaos
+
 unit: venv ## only the tests that need no Kafka or Redis
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -m "not integration and not chaos"
 
 clean: infra-down ## stop local servers and remove .local and caches
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv infra-up infra-down infra-status topics run demo lint test unit clean
+.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit clean

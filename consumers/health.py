@@ -1,6 +1,10 @@
 """``/metrics``, ``/healthz`` and ``/readyz`` on one port, served from a thread.
 
-* ``/healthz``: 200 while the poll loop has turned within ``stall_after`` seconds.
+* ``/healthz``: 200 while the poll loop has turned within ``stall_after`` seconds
+  and, after the group took our partitions away (session lost), we got an
+  assignment back within ``rejoin_after`` seconds. A consumer that cannot rejoin
+  its group (seen when the group coordinator stays unreachable after a broker
+  restart) is reported dead so that the orchestrator restarts it.
 * ``/readyz``: 200 once the consumer has joined its group and received an
   assignment (possibly empty: more replicas than partitions is still ready)
   and its last poll reached the broker.
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,18 +24,39 @@ from consumers.metrics import REGISTRY
 
 
 class Health:
-    def __init__(self, stall_after: float = 60.0) -> None:
+    def __init__(self, stall_after: float = 60.0, rejoin_after: float = 180.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stall_after = stall_after
-        self.last_loop = time.monotonic()
+        self.rejoin_after = rejoin_after
+        self.clock = clock
+        self.last_loop = clock()
+        self.lost_since: float | None = None
         self.assigned = False
         self.connected = False
         self.stopping = False
 
     def tick(self) -> None:
-        self.last_loop = time.monotonic()
+        self.last_loop = self.clock()
+
+    def on_assigned(self) -> None:
+        self.assigned = True
+        self.lost_since = None
+
+    def on_lost(self) -> None:
+        if self.lost_since is None:
+            self.lost_since = self.clock()
+
+    def problem(self) -> str | None:
+        """Why the process should be restarted, or None while it is healthy."""
+        now = self.clock()
+        if now - self.last_loop >= self.stall_after:
+            return f"poll loop stalled for {now - self.last_loop:.0f}s"
+        if self.lost_since is not None and now - self.lost_since >= self.rejoin_after:
+            return f"partitions lost {now - self.lost_since:.0f}s ago and the group was not rejoined"
+        return None
 
     def alive(self) -> bool:
-        return time.monotonic() - self.last_loop < self.stall_after
+        return self.problem() is None
 
     def ready(self) -> bool:
         return self.assigned and self.connected and not self.stopping
@@ -44,8 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._reply(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            ok = self.health.alive()
-            self._reply(200 if ok else 503, b"ok\n" if ok else b"poll loop stalled\n")
+            problem = self.health.problem()
+            self._reply(503 if problem else 200, f"{problem or 'ok'}\n".encode())
         elif path == "/readyz":
             ok = self.health.ready()
             self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

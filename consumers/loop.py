@@ -79,7 +79,7 @@ class ConsumerLoop(ABC):
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("%s: assigned %s", self.group, _tps(partitions))
-        self.health.assigned = True
+        self.health.on_assigned()
         self.health.connected = True  # an assignment came through the group coordinator
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -94,6 +94,7 @@ class ConsumerLoop(ABC):
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("%s: lost %s (session expired); not committing", self.group, _tps(partitions))
+        self.health.on_lost()
         self._forget_lag(partitions)
 
     def _forget_lag(self, partitions: list[TopicPartition]) -> None:
