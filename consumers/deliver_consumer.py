@@ -103,8 +103,10 @@ class DeliverConsumer(ConsumerLoop):
         for item, marked in zip(live, marks, strict=True):
             d = item.delivery
             assert d is not None
-            if marked or d.delivery_id in seen:
+            if marked:
                 item.outcome = "already_sent"
+            elif d.delivery_id in seen:
+                item.outcome = "duplicate"  # a second copy in this batch: the first one decides
             elif d.deadline is not None and d.deadline < now:
                 item.outcome = "stale"
             else:
@@ -234,7 +236,7 @@ class DeliverConsumer(ConsumerLoop):
             return
         item.done = True
         self.count(metrics.DELIVERIES.labels(self.channel_name, item.outcome))
-        if item.outcome == "already_sent":
+        if item.outcome in ("already_sent", "duplicate"):
             return
         if item.outcome == "dead_lettered":
             exc = item.error or DecodeError("unknown failure")

@@ -191,7 +191,13 @@ class ConsumerLoop(ABC):
             return
         self._failures = 0
         if offsets:
-            self.consumer.store_offsets(offsets=offsets)
+            try:
+                self.consumer.store_offsets(offsets=offsets)
+            except KafkaException as exc:
+                # The partitions were taken away while the batch ran (a rebalance, or a
+                # batch that outlived max.poll.interval.ms). Their new owner reads the
+                # records again; dedup claims and sent marks make that harmless.
+                log.warning("%s: offsets not stored, partitions no longer ours: %s", self.group, exc)
         for counter in self._tally:
             counter.inc()
         self._tally = []
