@@ -37,6 +37,10 @@ def build_router(settings: Settings) -> RouterConsumer:
     rules = RuleSet.load(settings.rules)
     renderer = Renderer(settings.template_dir)
     renderer.check(rules.templates)
+    catalog = catalog_for(settings)
+    untyped = sorted({r.event_type for r in rules.rules} - set(catalog.by_type))
+    if untyped:
+        raise ConfigError(f"{settings.rules}: no schema in schemas/ for event type(s) {', '.join(untyped)}")
     known = available_channels(settings.channel_modules)
     unknown = sorted(rules.channels - set(known))
     if unknown:
@@ -48,7 +52,7 @@ def build_router(settings: Settings) -> RouterConsumer:
     if missing:
         raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `tidings topics create`")
     redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return RouterConsumer(settings, catalog_for(settings), rules, renderer, redis)
+    return RouterConsumer(settings, catalog, rules, renderer, redis)
 
 
 def build_deliverer(settings: Settings, channel_name: str) -> DeliverConsumer:

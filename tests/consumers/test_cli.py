@@ -218,3 +218,13 @@ def test_infra_names_the_missing_prerequisite(tmp_path: Path) -> None:
                          text=True, env={"PATH": str(tmp_path), "HOME": str(tmp_path)}, check=False)
     assert out.returncode == 2
     assert "java not found on PATH" in out.stderr and "apt-get install" in out.stderr
+
+
+def test_a_rule_for_an_event_type_without_a_schema_stops_the_router_at_start(env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {name: r, event_type: orders.shipped, channels: [email], template: job_match}\n")
+    (tmp_path / "templates").symlink_to(REPO / "config" / "templates")
+    out = tidings({**env, "TIDINGS_RULES": str(rules)}, "router")
+    assert out.returncode == 2
+    assert "no schema in schemas/ for event type(s) orders.shipped" in out.stderr
