@@ -148,6 +148,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = _settings()
     catalog = Catalog.load()
+    problems = catalog.evolution_problems()
+    if problems:
+        raise ConfigError("schema evolution: " + "; ".join(problems))
     rules = RuleSet.load(settings.rules)
     Renderer(settings.template_dir).check(rules.templates)
     for rule in rules.rules:

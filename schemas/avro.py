@@ -144,6 +144,33 @@ class Catalog:
         except KeyError:
             raise SchemaMismatchError(f"no schema declares event type {ce_type!r}") from None
 
+    def evolution_problems(self) -> list[str]:
+        """Why some older writer schema could not be read by the current one (empty when all can).
+
+        Checks the rule this project keeps: a field the reader has and an older
+        writer lacks must have a default; a field both have must keep its type
+        (unions may only gain branches). Written for the flat records we use.
+        """
+        problems: list[str] = []
+        for old in self.by_fingerprint.values():
+            current = self.current.get(old.name)
+            if current is None or current is old:
+                continue
+            where = old.path.name if old.path else old.name
+            theirs = {f["name"]: f for f in old.fields}
+            for fld in current.fields:
+                before = theirs.get(fld["name"])
+                if before is None:
+                    if "default" not in fld:
+                        problems.append(f"{where}: {old.name}.{fld['name']} was added without a default")
+                    continue
+                if not _widens(before["type"], fld["type"]):
+                    problems.append(
+                        f"{where}: {old.name}.{fld['name']} changed type from "
+                        f"{_type_name(before['type'])} to {_type_name(fld['type'])}"
+                    )
+        return problems
+
     def named(self, name: str) -> Schema:
         try:
             return self.current[name]
@@ -259,6 +286,22 @@ def check_fits(schema: Schema, data: Mapping[str, Any]) -> None:
                 f"got {_preview(data[name])}",
                 field=name,
             )
+
+
+def _branches(avro_type: Any) -> list[str]:
+    types = avro_type if isinstance(avro_type, list) else [avro_type]
+    return [json.dumps(t, sort_keys=True) for t in types]
+
+
+def _widens(before: Any, after: Any) -> bool:
+    """True when every value of type ``before`` is a value of type ``after`` (same, or union grew)."""
+    return set(_branches(before)) <= set(_branches(after)) or _promotes(before, after)
+
+
+def _promotes(before: Any, after: Any) -> bool:
+    promotions = {"int": {"long", "float", "double"}, "long": {"float", "double"}, "float": {"double"},
+                  "string": {"bytes"}, "bytes": {"string"}}
+    return isinstance(before, str) and isinstance(after, str) and after in promotions.get(before, set())
 
 
 def _type_name(avro_type: Any) -> str:

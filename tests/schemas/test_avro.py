@@ -156,3 +156,44 @@ def test_two_current_schemas_for_one_type_are_refused(tmp_path: Path) -> None:
             {"type": "record", "name": name.upper(), "ce_type": "same.type", "fields": []}))
     with pytest.raises(ConfigError, match=r"two current schemas declare ce_type same\.type"):
         Catalog.load(tmp_path)
+
+
+def test_the_shipped_schemas_evolve_compatibly(catalog: Catalog) -> None:
+    assert catalog.evolution_problems() == []
+
+
+def _record(name: str, fields: list[dict[str, object]]) -> dict[str, object]:
+    return {"type": "record", "name": name, "namespace": "t", "fields": fields}
+
+
+@pytest.mark.parametrize(
+    ("old_fields", "new_fields", "problem"),
+    [
+        ([{"name": "a", "type": "string"}],
+         [{"name": "a", "type": "string"}, {"name": "b", "type": "int"}],
+         "t.E.b was added without a default"),
+        ([{"name": "a", "type": "string"}], [{"name": "a", "type": "int"}],
+         "t.E.a changed type from string to int"),
+        ([{"name": "a", "type": ["null", "string"]}], [{"name": "a", "type": "string"}],
+         "t.E.a changed type from null or string to string"),
+    ],
+)
+def test_incompatible_evolution_is_named(tmp_path: Path, old_fields: list[dict[str, object]],
+                                         new_fields: list[dict[str, object]], problem: str) -> None:
+    (tmp_path / "history").mkdir()
+    (tmp_path / "history" / "e.v1.avsc").write_text(json.dumps(_record("E", old_fields)))
+    (tmp_path / "e.avsc").write_text(json.dumps(_record("E", new_fields)))
+    assert [p.split(": ", 1)[1] for p in Catalog.load(tmp_path).evolution_problems()] == [problem]
+
+
+@pytest.mark.parametrize(
+    ("old_type", "new_type"),
+    [("int", "long"), ("float", "double"), ("string", ["null", "string"]),
+     (["null", "string"], ["null", "string", "int"])],
+)
+def test_compatible_changes_pass(tmp_path: Path, old_type: object, new_type: object) -> None:
+    (tmp_path / "history").mkdir()
+    (tmp_path / "history" / "e.v1.avsc").write_text(json.dumps(_record("E", [{"name": "a", "type": old_type}])))
+    (tmp_path / "e.avsc").write_text(json.dumps(_record("E", [
+        {"name": "a", "type": new_type}, {"name": "b", "type": "boolean", "default": False}])))
+    assert Catalog.load(tmp_path).evolution_problems() == []
