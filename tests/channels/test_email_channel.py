@@ -14,6 +14,8 @@ from devstack.sinks import SmtpSink
 from schemas import Delivery
 from schemas.errors import InvalidAddressError, PermanentError, TransientError
 
+from .helpers import send_each
+
 
 def config(port: int, **fields: Any) -> EmailConfig:
     values: dict[str, Any] = {
@@ -29,18 +31,7 @@ def config(port: int, **fields: Any) -> EmailConfig:
 
 
 async def send_all(cfg: EmailConfig, *deliveries: Delivery) -> list[Any]:
-    """Send each delivery in turn on one channel; return Sent or the raised error."""
-    channel = EmailChannel(cfg)
-    results: list[Any] = []
-    try:
-        for delivery in deliveries:
-            try:
-                results.append(await channel.send(delivery))
-            except Exception as exc:
-                results.append(exc)
-    finally:
-        await channel.aclose()
-    return results
+    return await send_each(EmailChannel(cfg), deliveries, Exception)
 
 
 def send_one(cfg: EmailConfig, delivery: Delivery) -> Any:

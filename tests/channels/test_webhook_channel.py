@@ -23,20 +23,11 @@ from schemas.errors import (
     TransientError,
 )
 
+from .helpers import send_each
+
 
 async def send_all(cfg: WebhookConfig, *deliveries: Delivery) -> list[Any]:
-    """Send each delivery in turn on one channel; return Sent or the raised error."""
-    channel = WebhookChannel(cfg)
-    results: list[Any] = []
-    try:
-        for delivery in deliveries:
-            try:
-                results.append(await channel.send(delivery))
-            except DeliveryError as exc:
-                results.append(exc)
-    finally:
-        await channel.aclose()
-    return results
+    return await send_each(WebhookChannel(cfg), deliveries, DeliveryError)
 
 
 def send_one(cfg: WebhookConfig, delivery: Delivery) -> Any:
