@@ -117,27 +117,14 @@ def cmd_recipients(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from consumers.status import find_status
+    from consumers.status import describe, find_status
 
     found = find_status(_settings(), args.id, timeout=args.timeout)
     if not found:
         print(f"no status events for {args.id}", file=sys.stderr)
         return 1
-    for s in found:
-        parts = [s.at.isoformat(timespec="milliseconds"), f"{s.state.value:13}", s.event_type]
-        if s.channel:
-            parts.append(f"{s.channel}->{s.recipient_id}")
-        elif s.recipient_id:
-            parts.append(f"recipient={s.recipient_id}")
-        if s.delivery_id:
-            parts.append(f"delivery={s.delivery_id}")
-        if s.reason:
-            parts.append(f"reason={s.reason}")
-        if s.attempt:
-            parts.append(f"attempt={s.attempt}")
-        if s.detail:
-            parts.append(f"({s.detail})")
-        print("  ".join(parts))
+    for status in found:
+        print(describe(status))
     return 0
 
 

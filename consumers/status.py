@@ -18,6 +18,20 @@ from schemas import Catalog, Status
 from schemas.errors import DecodeError
 
 
+def describe(s: Status) -> str:
+    """One line per status event: time, state, type, then whichever details it has."""
+    parts = [s.at.isoformat(timespec="milliseconds"), f"{s.state.value:13}", s.event_type]
+    if s.channel:
+        parts.append(f"{s.channel}->{s.recipient_id}")
+    elif s.recipient_id:
+        parts.append(f"recipient={s.recipient_id}")
+    optional = (("delivery", s.delivery_id), ("reason", s.reason), ("attempt", s.attempt or None))
+    parts.extend(f"{name}={value}" for name, value in optional if value)
+    if s.detail:
+        parts.append(f"({s.detail})")
+    return "  ".join(parts)
+
+
 def find_status(settings: Settings, ident: str, catalog: Catalog | None = None,
                 timeout: float = 30.0) -> list[Status]:
     catalog = catalog or Catalog.load()
