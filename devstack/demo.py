@@ -31,7 +31,10 @@ from typing import Any
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
+from consumers.kafka import headers_of
 from devstack import infra
+from schemas import Catalog, Delivery
+from schemas.errors import DecodeError
 
 REPO = infra.REPO
 SMTP_PORT = int(os.environ.get("TIDINGS_DEMO_SMTP_PORT", "2525"))
@@ -40,6 +43,7 @@ SECRET = "whsec_" + "ZGVtby1zaWduaW5nLXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24="
 REFUSED = "edsger@refused.example.com"
 GONE_PATH = "/gone/edsger"
 SOURCE = "tidings/demo"
+CATALOG = Catalog.load()
 
 
 @dataclass
@@ -221,13 +225,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"(Ctrl-C stops everything). Metrics: http://127.0.0.1:9400/metrics", flush=True)
             people = {r["contacts"].get("email"): r["id"] for r in _recipients()}
             printed = 0
-            while not interrupted:
-                stack.check_alive()
-                records = sink_records(record)
-                for rec in records[printed:]:
-                    print(describe(rec, people), flush=True)
-                printed = len(records)
-                time.sleep(0.3)
+            reader = dead_letter_reader(env, start_offsets)
+            try:
+                while not interrupted:
+                    stack.check_alive()
+                    records = sink_records(record)
+                    for rec in records[printed:]:
+                        print(describe(rec, people), flush=True)
+                    printed = len(records)
+                    for line in dead_letters(reader):
+                        print(line, flush=True)
+            finally:
+                reader.close()
             return 0
 
         deadline = time.monotonic() + args.timeout
@@ -277,6 +286,34 @@ def describe(rec: dict[str, Any], people: dict[str, str]) -> str:
     status = rec.get("status")
     note = "" if status and 200 <= status < 300 else f"  [answered {status}: will be dead-lettered]"
     return f"{body.get('recipient', '?'):10} webhook  {body.get('title')}{note}"
+
+
+def dead_letter_reader(env: dict[str, str], start: dict[tuple[str, int], int]) -> Consumer:
+    """A group-less reader of the dead-letter topics from where this run began."""
+    consumer = Consumer({"bootstrap.servers": env["TIDINGS_KAFKA_BOOTSTRAP"], "group.id": "tidings-demo-dlq",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
+    return consumer
+
+
+def dead_letters(consumer: Consumer) -> list[str]:
+    """One line per new dead letter: who, which channel (or the router), and why."""
+    lines = []
+    for msg in consumer.consume(100, 0.3):
+        if msg.error() is not None:
+            continue
+        headers = {k: v.decode(errors="replace") for k, v in headers_of(msg)}
+        why = f"[dead-lettered: {headers.get('tidings_dlq_reason')}: {headers.get('tidings_dlq_message', '')[:90]}]"
+        if (msg.topic() or "").endswith("router.dlq"):
+            lines.append(f"{headers.get('ce_subject', '?'):10} router   {why}")
+            continue
+        try:
+            delivery = Delivery.decode(CATALOG, msg.value())
+        except DecodeError:
+            lines.append(f"{'?':10} ?        {why}")
+            continue
+        lines.append(f"{delivery.recipient_id:10} {delivery.channel:8} {why}")
+    return lines
 
 
 def observe(record: Path, env: dict[str, str], start: dict[tuple[str, int], int]) -> Counter[str]:
