@@ -158,13 +158,18 @@ def test_delivery_is_frozen_and_strict() -> None:
         _delivery(priority="whenever")
 
 
-def test_to_avro_uses_plain_enum_values() -> None:
+def test_to_avro_gives_enum_values_that_are_their_symbols() -> None:
     data = _delivery().to_avro()
-    assert data["priority"] == "high"
-    assert type(data["priority"]) is str
+    assert isinstance(data["priority"], str) and data["priority"] == "high"
     data = Status(state=State.routed, event_id="e", event_source="/s", event_type="t").to_avro()
-    assert type(data["state"]) is str
-    assert data["state"] == "routed"
+    assert isinstance(data["state"], str) and data["state"] == "routed"
+
+
+def test_to_avro_is_a_copy() -> None:
+    delivery = _delivery()
+    data = delivery.to_avro()
+    data["subject"] = "changed"
+    assert delivery.subject != "changed"
 
 
 # -- Status --------------------------------------------------------------------
