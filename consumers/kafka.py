@@ -9,7 +9,6 @@ outcome is durable) and auto-commit what was stored.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -205,14 +204,3 @@ def rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
         except KafkaException as exc:  # partition revoked meanwhile: its new owner re-reads it
             log.info("seek %s[%d] skipped: %s", tp.topic, tp.partition, exc)
 
-
-def wait_for_topics(consumer_or_admin: Any, topics: Sequence[str], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    missing = list(topics)
-    while time.monotonic() < deadline:
-        meta = consumer_or_admin.list_topics(timeout=5)
-        missing = [t for t in topics if t not in meta.topics]
-        if not missing:
-            return
-        time.sleep(0.5)
-    raise KafkaException(f"topics missing: {', '.join(missing)}; run `tidings topics create`")

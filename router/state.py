@@ -46,9 +46,7 @@ class Claim:
 class Snapshot:
     """What the decision needs from Redis for one batch."""
 
-    claims: dict[str, Claim] = field(default_factory=dict)
-    """Per event key, the claim as the first record in the batch that asked for it saw it."""
-    owners: dict[tuple[str, str], Claim] = field(default_factory=dict)
+    claims: dict[tuple[str, str], Claim] = field(default_factory=dict)
     """Per ``(event key, owner)``: two copies of one event in a batch each get their own answer."""
     recipients: dict[tuple[str, str], Recipient | None] = field(default_factory=dict)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -56,7 +54,7 @@ class Snapshot:
 
     def claim(self, event_key: str, owner: str) -> Claim:
         """The claim as the record at ``owner`` saw it."""
-        return self.owners[(event_key, owner)]
+        return self.claims[(event_key, owner)]
 
 
 class RouterState:
@@ -83,10 +81,9 @@ class RouterState:
             else:
                 held = previous.decode() if isinstance(previous, bytes) else str(previous)
                 claim = Claim(held, held == owner)
-            snap.owners[(event_key, owner)] = claim
-            # The first copy in the batch wins; a later copy must not overwrite its answer
-            # (it would read "claimed by the first copy, not mine" and drop both).
-            snap.claims.setdefault(event_key, claim)
+            # Keyed by owner too: a later copy of the same event in this batch must not
+            # overwrite the first copy's answer (both would then be dropped as duplicates).
+            snap.claims[(event_key, owner)] = claim
         for ref, raw in zip(wanted, results[len(claims) :], strict=True):
             if raw is None:
                 snap.recipients[ref] = None

@@ -111,11 +111,3 @@ def parse_time(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-
-def header(headers: Headers | None, name: str) -> str | None:
-    """The last value of header ``name`` as text, or None."""
-    result: str | None = None
-    for key, value in headers or ():
-        if key == name and value is not None:
-            result = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-    return result
