@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from channels.base import Channel, Sent
 from consumers import metrics
-from consumers.kafka import ProduceError, coordinates, dlq_headers, now_text
+from consumers.kafka import ProduceError, coordinates, now_text
 from consumers.loop import ConsumerLoop, RetryBatch
 from consumers.settings import Settings
 from router import keys
@@ -61,9 +61,8 @@ class DeliverConsumer(ConsumerLoop):
     def __init__(self, settings: Settings, catalog: Catalog, channel: Channel, redis: Redis,
                  **kwargs: Any) -> None:
         self.channel_name = channel.name
-        super().__init__(settings, settings.group(f"deliver-{channel.name}"),
+        super().__init__(settings, catalog, settings.group(f"deliver-{channel.name}"),
                          [settings.deliver_topic(channel.name)], **kwargs)
-        self.catalog = catalog
         self.channel = channel
         self.redis = redis
         self.dlq_topic = settings.channel_dlq_topic(channel.name)
@@ -84,7 +83,6 @@ class DeliverConsumer(ConsumerLoop):
     async def process(self, messages: list[Message]) -> list[TopicPartition]:
         items = [_Item(m) for m in messages]
         for item in items:
-            metrics.EVENTS_CONSUMED.labels(item.msg.topic()).inc()
             try:
                 item.delivery = Delivery.decode(self.catalog, item.msg.value())
             except DecodeError as exc:
@@ -235,7 +233,7 @@ class DeliverConsumer(ConsumerLoop):
         if item.outcome == "handed_back":
             return
         item.done = True
-        self.count(metrics.DELIVERIES.labels(self.channel_name, item.outcome))
+        self.count(metrics.DELIVERIES, self.channel_name, item.outcome)
         if item.outcome in ("already_sent", "duplicate"):
             return
         if item.outcome == "dead_lettered":
@@ -244,28 +242,20 @@ class DeliverConsumer(ConsumerLoop):
             message = str(exc) or reason
             if isinstance(exc, TransientError) or not isinstance(exc, DeliveryError):
                 message = f"gave up after {item.attempts} attempt(s): {message}"
-            self.producer.send(
-                self.dlq_topic, item.msg.value() or b"", key=item.msg.key(),
-                headers=dlq_headers(item.msg, group=self.group, reason=reason, message=message,
-                                    attempts=item.attempts, first_failure=item.first_failure),
-            )
-            self.count(metrics.DLQ_RECORDS.labels(self.dlq_topic, reason))
+            self.dead_letter(item.msg, self.dlq_topic, reason, message, item.attempts, item.first_failure)
             if d is not None:
-                self._status(Status.for_delivery(d, State.dead_lettered, reason=reason,
+                self.publish_status(Status.for_delivery(d, State.dead_lettered, reason=reason,
                                                  detail=message[:500], attempt=item.attempts))
             return
         assert d is not None
         if item.outcome == "stale":
-            self._status(Status.for_delivery(d, State.failed, reason="stale",
+            self.publish_status(Status.for_delivery(d, State.failed, reason="stale",
                                              detail=f"deadline {d.deadline} passed before sending"))
         elif item.outcome == "delivered":
-            self._status(Status.for_delivery(
+            self.publish_status(Status.for_delivery(
                 d, State.delivered, attempt=item.attempts,
                 provider_id=item.sent.provider_id if item.sent else None))
 
-    def _status(self, status: Status) -> None:
-        self.producer.send(self.settings.status_topic, status.encode(self.catalog),
-                           key=status.delivery_id)
 
 
 def _storable(items: list[_Item]) -> list[TopicPartition]:

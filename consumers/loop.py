@@ -21,16 +21,20 @@ import signal
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import Counter as PromCounter
 
 from consumers import metrics
 from consumers.health import Health, HealthServer
-from consumers.kafka import BatchProducer, consumer_config, rewind
+from consumers.kafka import BatchProducer, consumer_config, dlq_headers, rewind
 from consumers.settings import Settings
+from schemas import Catalog, Status
+from schemas.models import event_key
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,10 @@ class RetryBatch(Exception):
 class ConsumerLoop(ABC):
     role: str = "consumer"
 
-    def __init__(self, settings: Settings, group: str, topics: Sequence[str],
+    def __init__(self, settings: Settings, catalog: Catalog, group: str, topics: Sequence[str],
                  consumer_overrides: dict[str, Any] | None = None) -> None:
         self.settings = settings
+        self.catalog = catalog
         self.group = group
         self.topics = list(topics)
         self.health = Health()
@@ -60,11 +65,28 @@ class ConsumerLoop(ABC):
                      "error_cb": self._on_error, **(consumer_overrides or {})}
         self.consumer = Consumer(consumer_config(settings, group, **overrides))
         self._lag_labels: set[tuple[str, str]] = set()
-        self._tally: list[Any] = []
+        self._tally: Counter[tuple[PromCounter, tuple[str, ...]]] = Counter()
 
-    def count(self, counter: Any) -> None:
-        """Increment a labelled counter once the current batch is committed (not if it is retried)."""
-        self._tally.append(counter)
+    def count(self, metric: PromCounter, *labels: str) -> None:
+        """Count an outcome once the current batch is committed (not if it is retried).
+
+        Counts are summed per label set and applied once per batch, so the hot path
+        does no per-record label lookups.
+        """
+        self._tally[(metric, labels)] += 1
+
+    def publish_status(self, status: Status) -> None:
+        """Queue a status event; it is durable at the batch's commit point."""
+        key = status.delivery_id or event_key(status.event_source, status.event_id)
+        self.producer.send(self.settings.status_topic, status.encode(self.catalog), key=key)
+
+    def dead_letter(self, msg: Message, topic: str, reason: str, message: str, attempts: int,
+                    first_failure: str | None = None) -> None:
+        """Queue the original record, unchanged, on ``topic`` with the documented DLQ headers."""
+        self.producer.send(topic, msg.value() or b"", key=msg.key(),
+                           headers=dlq_headers(msg, group=self.group, reason=reason, message=message,
+                                               attempts=attempts, first_failure=first_failure))
+        self.count(metrics.DLQ_RECORDS, topic, reason)
 
     # -- hooks --------------------------------------------------------------
 
@@ -176,8 +198,10 @@ class ConsumerLoop(ABC):
                 log.warning("%s: consume error: %s", self.group, err.str())
         if not good:
             return
+        for topic, n in Counter(m.topic() or "" for m in good).items():
+            metrics.EVENTS_CONSUMED.labels(topic).inc(n)
         started = time.perf_counter()
-        self._tally = []
+        self._tally.clear()
         try:
             offsets = self.handle(good)
         except RetryBatch as exc:
@@ -198,9 +222,9 @@ class ConsumerLoop(ABC):
                 # batch that outlived max.poll.interval.ms). Their new owner reads the
                 # records again; dedup claims and sent marks make that harmless.
                 log.warning("%s: offsets not stored, partitions no longer ours: %s", self.group, exc)
-        for counter in self._tally:
-            counter.inc()
-        self._tally = []
+        for (metric, labels), n in self._tally.items():
+            metric.labels(*labels).inc(n)
+        self._tally.clear()
         metrics.BATCH_SECONDS.labels(self.role).observe(time.perf_counter() - started)
 
     def _commit_async(self) -> None:

@@ -18,7 +18,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from consumers import metrics
-from consumers.kafka import ProduceError, coordinates, dlq_headers, headers_of, next_offsets
+from consumers.kafka import ProduceError, coordinates, headers_of, next_offsets
 from consumers.loop import ConsumerLoop, RetryBatch
 from consumers.settings import Settings
 from router.decision import Event, route
@@ -63,8 +63,7 @@ class RouterConsumer(ConsumerLoop):
 
     def __init__(self, settings: Settings, catalog: Catalog, rules: RuleSet, renderer: Renderer,
                  redis: Redis, **kwargs: Any) -> None:
-        super().__init__(settings, settings.group("router"), [settings.input_topic], **kwargs)
-        self.catalog = catalog
+        super().__init__(settings, catalog, settings.group("router"), [settings.input_topic], **kwargs)
         self.rules = rules
         self.renderer = renderer
         self.state = RouterState(redis, settings.dedup_ttl_seconds)
@@ -75,7 +74,6 @@ class RouterConsumer(ConsumerLoop):
         dead: list[tuple[Message, InputError]] = []
         release: list[tuple[str, str]] = []
         for msg in messages:
-            metrics.EVENTS_CONSUMED.labels(msg.topic()).inc()
             try:
                 event = decode_event(self.catalog, msg)
             except InputError as exc:
@@ -122,8 +120,8 @@ class RouterConsumer(ConsumerLoop):
                     headers=[("tidings_delivery_id", delivery.delivery_id.encode())],
                 )
             for status in decision.statuses:
-                self._status(status)
-                self.count(metrics.ROUTER_DECISIONS.labels(status.state.value, status.reason or ""))
+                self.publish_status(status)
+                self.count(metrics.ROUTER_DECISIONS, status.state.value, status.reason or "")
 
         for msg, error in dead:
             self._dead_letter(msg, error)
@@ -139,24 +137,16 @@ class RouterConsumer(ConsumerLoop):
                             len(release))
         return next_offsets(messages)
 
-    def _status(self, status: Status) -> None:
-        key = status.delivery_id or event_key(status.event_source, status.event_id)
-        self.producer.send(self.settings.status_topic, status.encode(self.catalog), key=key)
-
     def _dead_letter(self, msg: Message, exc: InputError) -> None:
-        topic = self.settings.router_dlq_topic
         reason = exc.reason
         log.warning("dead-lettering %s[%d]@%d: %s: %s", *coordinates(msg), reason, exc)
-        self.producer.send(topic, msg.value() or b"", key=msg.key(),
-                           headers=dlq_headers(msg, group=self.group, reason=reason,
-                                               message=str(exc), attempts=1))
-        self.count(metrics.DLQ_RECORDS.labels(topic, reason))
-        self.count(metrics.ROUTER_DECISIONS.labels(State.dead_lettered.value, reason))
+        self.dead_letter(msg, self.settings.router_dlq_topic, reason, str(exc), attempts=1)
+        self.count(metrics.ROUTER_DECISIONS, State.dead_lettered.value, reason)
         try:
             ce = CloudEvent.from_headers(headers_of(msg))
         except InputError:
             return  # no identity to report a status against; the DLQ record is the trace
-        self._status(Status(state=State.dead_lettered, event_id=ce.id, event_source=ce.source,
+        self.publish_status(Status(state=State.dead_lettered, event_id=ce.id, event_source=ce.source,
                             event_type=ce.type, reason=reason, detail=str(exc)[:500]))
 
 
