@@ -64,4 +64,4 @@ def build_deliverer(settings: Settings, channel_name: str) -> DeliverConsumer:
     if missing:
         raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `tidings topics create`")
     redis = AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return DeliverConsumer(settings, Catalog.load(), channel, redis)
+    return DeliverConsumer(settings, catalog_for(settings), channel, redis)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +52,6 @@ class _Item:
     outcome: str = "pending"  # delivered | already_sent | dead_lettered | stale | handed_back
     sent: Sent | None = None
     done: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class DeliverConsumer(ConsumerLoop):

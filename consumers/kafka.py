@@ -39,7 +39,8 @@ DLQ_HEADERS = (
 )
 
 
-def _base(settings: Settings) -> dict[str, Any]:
+def client_config(settings: Settings) -> dict[str, Any]:
+    """Bootstrap servers plus the pass-through librdkafka options: the base of every client."""
     conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap}
     conf.update(settings.librdkafka)
     return conf
@@ -53,7 +54,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "batch.num.messages": 10000,
         "compression.type": "lz4",
         "message.timeout.ms": 60000,
-        **_base(settings),
+        **client_config(settings),
     }
     conf.update(overrides)
     return conf
@@ -70,7 +71,7 @@ def consumer_config(settings: Settings, group: str, **overrides: Any) -> dict[st
         "session.timeout.ms": 45000,
         "max.poll.interval.ms": 300000,
         "fetch.wait.max.ms": 100,
-        **_base(settings),
+        **client_config(settings),
     }
     conf.update(overrides)
     return conf
@@ -108,14 +109,12 @@ class BatchProducer:
     producer: Producer
     flush_timeout: float = 30.0
     _errors: list[KafkaError] = field(default_factory=list)
-    _pending: int = 0
 
     @classmethod
     def create(cls, settings: Settings, **overrides: Any) -> BatchProducer:
         return cls(Producer(producer_config(settings, **overrides)))
 
     def _report(self, err: KafkaError | None, _msg: Message) -> None:
-        self._pending -= 1
         if err is not None:
             self._errors.append(err)
 
@@ -125,7 +124,6 @@ class BatchProducer:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=list(headers or ()),
                                       on_delivery=self._report)
-                self._pending += 1
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: serve callbacks and retry

@@ -21,9 +21,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import Producer
-
-from consumers.kafka import BatchProducer, producer_config
+from consumers.kafka import BatchProducer
 from consumers.settings import Settings
 from schemas import Catalog, CloudEvent
 from schemas.registry import RegistryClient
@@ -38,7 +36,7 @@ class Publisher:
             RegistryClient(self.settings.schema_registry_url) if self.settings.schema_registry_url else None
         )
         self.catalog = catalog or Catalog.load(registry=self.registry)
-        self.producer = BatchProducer(Producer(producer_config(self.settings)))
+        self.producer = BatchProducer.create(self.settings)
 
     def __enter__(self) -> Publisher:
         return self

@@ -12,7 +12,7 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from consumers.kafka import _base, coordinates
+from consumers.kafka import client_config, coordinates
 from consumers.settings import Settings
 from schemas import Catalog, Status
 from schemas.errors import DecodeError
@@ -35,7 +35,7 @@ def describe(s: Status) -> str:
 def find_status(settings: Settings, ident: str, catalog: Catalog | None = None,
                 timeout: float = 30.0) -> list[Status]:
     catalog = catalog or Catalog.load()
-    consumer = Consumer({**_base(settings), "group.id": f"tidings-status-cli-{uuid.uuid4()}",
+    consumer = Consumer({**client_config(settings), "group.id": f"tidings-status-cli-{uuid.uuid4()}",
                          "enable.auto.commit": False, "enable.partition.eof": True})
     try:
         meta = consumer.list_topics(settings.status_topic, timeout=10)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from consumers.kafka import _base
+from consumers.kafka import client_config
 from consumers.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
@@ -48,7 +48,7 @@ def topic_specs(settings: Settings, channels: Iterable[str]) -> list[TopicSpec]:
 def create_topics(settings: Settings, channels: Iterable[str], *, partitions: int | None = None,
                   replication_factor: int | None = None, timeout: float = 30.0) -> dict[str, str]:
     """Create every missing topic; return ``{topic: "created" | "exists"}``. Idempotent."""
-    admin = AdminClient(_base(settings))
+    admin = AdminClient(client_config(settings))
     specs = topic_specs(settings, channels)
     new = [
         NewTopic(
@@ -73,5 +73,5 @@ def create_topics(settings: Settings, channels: Iterable[str], *, partitions: in
 
 
 def missing_topics(settings: Settings, topics: Iterable[str], timeout: float = 10.0) -> list[str]:
-    meta = AdminClient(_base(settings)).list_topics(timeout=timeout)
+    meta = AdminClient(client_config(settings)).list_topics(timeout=timeout)
     return [t for t in topics if t not in meta.topics]

@@ -32,8 +32,10 @@ import yaml
 from confluent_kafka import Consumer, TopicPartition
 
 from consumers.kafka import headers_of
+from consumers.publisher import Publisher
+from consumers.settings import Settings
 from devstack import infra
-from schemas import Catalog, Delivery
+from schemas import Catalog, CloudEvent, Delivery
 from schemas.errors import DecodeError
 
 REPO = infra.REPO
@@ -150,13 +152,8 @@ def count_new(env: dict[str, str], start: dict[tuple[str, int], int]) -> Counter
 
 
 def publish(env: dict[str, str], events: list[dict[str, Any]], run_id: str) -> int:
-    os.environ.update({k: env[k] for k in ("TIDINGS_KAFKA_BOOTSTRAP",)})
-    from consumers.publisher import Publisher
-    from consumers.settings import Settings
-    from schemas import CloudEvent
-
     n = 0
-    with Publisher(Settings()) as pub:
+    with Publisher(Settings(kafka_bootstrap=env["TIDINGS_KAFKA_BOOTSTRAP"]), CATALOG) as pub:
         for ev in events:
             ident = f"{ev['id']}-{run_id}"
             if ev.get("raw"):

@@ -139,9 +139,6 @@ def route(
     }
     for compiled in matched:
         rule = compiled.rule
-        channels = [c for c in rule.channels]
-        if not channels:
-            continue
         rendered = renderer.render(
             rule.template,
             {
@@ -152,7 +149,7 @@ def route(
             },
             recipient.locale,
         )
-        for channel in channels:
+        for channel in rule.channels:
             extra = {"channel": channel, "recipient_id": recipient.id, "rule": rule.name}
             if recipient.opted_out(channel):
                 decision.statuses.append(
