@@ -15,7 +15,6 @@ each recipient's order and state), or the event id when there is no subject.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
@@ -24,6 +23,7 @@ from typing import Any
 from consumers.kafka import BatchProducer
 from consumers.settings import Settings
 from schemas import Catalog, CloudEvent
+from schemas.errors import ConfigError
 from schemas.registry import RegistryClient
 
 DEFAULT_SOURCE = "tidings/cli"
@@ -49,7 +49,9 @@ class Publisher:
         schema = self.catalog.for_type(event_type)
         if self.registry is None:
             return self.catalog.encode(schema, data)
-        schema_id = self.registry.register(f"{topic}-value", _raw_schema(schema.parsed))
+        if schema.definition is None:
+            raise ConfigError(f"{schema.name} has no definition to register")
+        schema_id = self.registry.register(f"{topic}-value", schema.definition)
         return self.catalog.encode_confluent(schema, schema_id, data)
 
     def publish(
@@ -86,12 +88,6 @@ class Publisher:
         self.flush()
         if self.registry is not None:
             self.registry.close()
-
-
-def _raw_schema(parsed: Any) -> dict[str, Any]:
-    from fastavro.schema import to_parsing_canonical_form
-
-    return dict(json.loads(to_parsing_canonical_form(parsed)))
 
 
 _default: Publisher | None = None

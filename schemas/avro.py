@@ -79,6 +79,8 @@ class Schema:
     ce_type: str | None
     category: str | None
     path: Path | None = None
+    definition: dict[str, Any] | None = None
+    """The schema as written (defaults, docs and our attributes included): what a registry gets."""
 
     @property
     def field_names(self) -> list[str]:
@@ -126,6 +128,7 @@ class Catalog:
             ce_type=raw.get("ce_type"),
             category=raw.get("category"),
             path=path,
+            definition=raw,
         )
         if current:
             if schema.name in self.current:

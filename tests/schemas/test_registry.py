@@ -107,3 +107,24 @@ def test_unreachable_registry_names_the_problem() -> None:
             client.schema_by_id(1)
     finally:
         client.close()
+
+
+@pytest.mark.integration
+def test_the_publisher_registers_the_schema_as_written(registry_url: str, kafka_bootstrap: str) -> None:
+    # Registering the canonical form would drop defaults, docs and our ce_type attribute:
+    # a registry compatibility check would then refuse every field added with a default.
+    from consumers.publisher import Publisher
+    from consumers.settings import Settings
+
+    data = {"user_id": "u", "match_id": "m", "job_title": "t", "company": "c", "score": 80.0}
+    with Publisher(Settings(kafka_bootstrap=kafka_bootstrap, schema_registry_url=registry_url)) as pub:
+        value = pub.encode("jobs.match.found", data, "t-events")
+    registered = json.loads(_Registry.schemas[1])
+    assert registered["ce_type"] == "jobs.match.found"
+    assert {f["name"]: f.get("default", "-") for f in registered["fields"]}["is_remote"] is False
+    reader = RegistryClient(registry_url)
+    try:
+        _, decoded = Catalog.load(registry=reader).decode(value)
+    finally:
+        reader.close()
+    assert decoded == {**data, "location": None, "is_remote": False}
