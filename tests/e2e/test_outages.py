@@ -105,3 +105,39 @@ def test_metrics_count_what_happened(pipeline: Pipeline) -> None:
     left = [s for m in metrics.REGISTRY.collect() if m.name == "tidings_consumer_lag"
             for s in m.samples if s.labels.get("group") == group]
     assert left == []
+
+
+def test_a_failed_produce_stores_no_offset_and_the_batch_is_retried(pipeline: Pipeline) -> None:
+    """Kafka refusing the router's output (its webhook topic is gone) holds the input, loses nothing."""
+    from confluent_kafka.admin import AdminClient
+
+    from consumers.topics import create_topics
+
+    pipeline.recipients(ada(webhook=pipeline.web.url("/hooks/ada")))
+    webhook_topic = pipeline.settings.deliver_topic("webhook")
+    admin = AdminClient({"bootstrap.servers": pipeline.settings.kafka_bootstrap})
+    admin.delete_topics([webhook_topic])[webhook_topic].result()
+    deadline = time.monotonic() + 30
+    while webhook_topic in admin.list_topics(timeout=5).topics and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    retries_before = metrics.BATCH_RETRIES.labels("router", "produce")._value.get()
+    pipeline.start_channel("email")
+    pipeline.start_router(kafka_options={"message.timeout.ms": "2000"})  # fail fast, not after a minute
+    for i in range(5):
+        pipeline.pub().publish("jobs.match.found", match("u-ada"), subject="u-ada", source=SOURCE, id=f"p-{i}")
+    pipeline.pub().flush()
+    deadline = time.monotonic() + 60
+    while metrics.BATCH_RETRIES.labels("router", "produce")._value.get() == retries_before:
+        assert time.monotonic() < deadline, "the router never reported a failed produce"
+        time.sleep(0.2)
+
+    create_topics(pipeline.settings, ["webhook"])
+    pipeline.start_channel("webhook")
+    mails = pipeline.smtp.wait_for(5, timeout=90)
+    hooks = pipeline.web.wait_for(5, timeout=90)
+    time.sleep(2.0)
+    # The batch was routed more than once; the same delivery ids and the sent marks keep it to one each.
+    mails, hooks = pipeline.smtp.received(), pipeline.web.received()
+    assert len(mails) == 5 and len({m["delivery_id"] for m in mails}) == 5
+    assert len(hooks) == 5 and len({h["delivery_id"] for h in hooks}) == 5
