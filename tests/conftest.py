@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,32 +27,31 @@ def infra_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("infra")
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(infra_state: Path) -> Iterator[str]:
-    given = os.environ.get("TIDINGS_TEST_KAFKA")
-    if given:
-        yield given
-        return
-    port, controller = infra.free_port(), infra.free_port()
-    service = infra.start_kafka(infra_state, port, controller)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        service.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_url(infra_state: Path) -> Iterator[str]:
-    given = os.environ.get("TIDINGS_TEST_REDIS")
+def _given_or_started(variable: str, start: Callable[[int], infra.Service], address: str) -> Iterator[str]:
+    """The server named by ``variable``, or one started on a free port and stopped afterwards."""
+    given = os.environ.get(variable)
     if given:
         yield given
         return
     port = infra.free_port()
-    service = infra.start_redis(infra_state, port)
+    service = start(port)
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield address.format(port=port)
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(infra_state: Path) -> Iterator[str]:
+    yield from _given_or_started(
+        "TIDINGS_TEST_KAFKA", lambda port: infra.start_kafka(infra_state, port, infra.free_port()),
+        "127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(infra_state: Path) -> Iterator[str]:
+    yield from _given_or_started(
+        "TIDINGS_TEST_REDIS", lambda port: infra.start_redis(infra_state, port), "redis://127.0.0.1:{port}/0")
 
 
 @pytest.fixture

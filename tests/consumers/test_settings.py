@@ -61,28 +61,27 @@ def test_defaults() -> None:
     assert s.smtp_security == "none"
 
 
-def test_default_topic_names() -> None:
+@pytest.mark.parametrize(
+    ("env", "topic", "group"),
+    [
+        ({}, "tidings.", "tidings-"),
+        ({"TIDINGS_TOPIC_PREFIX": "t1_x-", "TIDINGS_GROUP_PREFIX": "g1-"}, "t1_x-", "g1-"),
+    ],
+)
+def test_topic_and_group_names_follow_the_prefixes(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                    topic: str, group: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     s = Settings()
-    assert s.input_topic == "tidings.events"
-    assert s.status_topic == "tidings.status"
-    assert s.router_dlq_topic == "tidings.router.dlq"
-    assert s.deliver_topic("email") == "tidings.deliver.email"
-    assert s.channel_dlq_topic("webhook") == "tidings.deliver.webhook.dlq"
-    assert s.topic("anything") == "tidings.anything"
-    assert s.group("router") == "tidings-router"
-    assert s.group("deliver-email") == "tidings-deliver-email"
-
-
-def test_topic_names_follow_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIDINGS_TOPIC_PREFIX", "t1_x-")
-    monkeypatch.setenv("TIDINGS_GROUP_PREFIX", "g1-")
-    s = Settings()
-    assert s.input_topic == "t1_x-events"
-    assert s.status_topic == "t1_x-status"
-    assert s.router_dlq_topic == "t1_x-router.dlq"
-    assert s.deliver_topic("sms") == "t1_x-deliver.sms"
-    assert s.channel_dlq_topic("sms") == "t1_x-deliver.sms.dlq"
-    assert s.group("router") == "g1-router"
+    assert s.input_topic == f"{topic}events"
+    assert s.status_topic == f"{topic}status"
+    assert s.router_dlq_topic == f"{topic}router.dlq"
+    for channel in ("email", "webhook", "sms"):
+        assert s.deliver_topic(channel) == f"{topic}deliver.{channel}"
+        assert s.channel_dlq_topic(channel) == f"{topic}deliver.{channel}.dlq"
+    assert s.topic("anything") == f"{topic}anything"
+    assert s.group("router") == f"{group}router"
+    assert s.group("deliver-email") == f"{group}deliver-email"
 
 
 def test_events_topic_overrides_the_input_topic(monkeypatch: pytest.MonkeyPatch) -> None:
