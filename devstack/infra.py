@@ -259,6 +259,18 @@ def _answers_as(kind: str, port: int) -> bool:
     return True
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: URL-safe base64 of a UUID, never starting with '-'.
+
+    One id in 64 would otherwise begin with '-', and StorageTool's argument parser
+    then reads it as an option and refuses to format (seen in a CI run).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start_kafka(state: Path, port: int = 9092, controller_port: int = 9093) -> Service:
     """Start a single-node KRaft broker; return at once if ours is already up."""
     service = kafka_service(state, port, controller_port)
@@ -311,7 +323,7 @@ def start_kafka(state: Path, port: int = 9092, controller_port: int = 9093) -> S
         f"{lib}/*",
     ]
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         subprocess.run(
             [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
             check=True,

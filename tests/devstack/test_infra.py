@@ -48,3 +48,9 @@ def test_a_port_held_by_something_else_is_refused(tmp_path: Path) -> None:
 
 def test_kafka_version_comes_from_the_pom() -> None:
     assert infra.kafka_version().startswith("4.")
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    ids = [infra.new_cluster_id() for _ in range(2000)]  # about 31 would start with '-' unchecked
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)
