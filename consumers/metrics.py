@@ -55,3 +55,38 @@ CONSUMER_LAG = Gauge(
     "tidings_consumer_lag", "High watermark minus committed position, from the consumer's own view.",
     ["group", "topic", "partition"], registry=REGISTRY,
 )
+
+# The metrics below are declared here once so that the dashboard, the alert
+# rules and every process agree on names and labels.
+RETRIES = Counter(
+    "tidings_retries",
+    "Deliveries sent to a retry tier, by channel, tier (its delay, e.g. 10s) "
+    "and cause (transient, rate_limited, circuit_open).",
+    ["channel", "tier", "cause"],
+    registry=REGISTRY,
+)
+CIRCUIT_OPEN = Gauge(
+    "tidings_circuit_breakers_open",
+    "Provider endpoints whose circuit breaker is open (or half-open), by channel.",
+    ["channel"],
+    registry=REGISTRY,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "tidings_circuit_transitions",
+    "Circuit breaker state changes, by channel and new state (open, half_open, closed).",
+    ["channel", "state"],
+    registry=REGISTRY,
+)
+SUPPRESSIONS = Counter(
+    "tidings_suppressions",
+    "Deliveries the router did not send now, by channel and reason "
+    "(dedup, dedup_window, content_unchanged, once_ever, preference, frequency_cap, quiet_hours, stale).",
+    ["channel", "reason"],
+    registry=REGISTRY,
+)
+HELD = Gauge(
+    "tidings_held_deliveries",
+    "Deliveries held for later release, by kind (scheduled, quiet_hours, digest).",
+    ["kind"],
+    registry=REGISTRY,
+)
