@@ -3,9 +3,17 @@
 One thread polls Kafka in batches and hands each batch to ``handle``. The
 handler returns the offsets that may be stored (those whose outcome is
 durable); the loop stores them, and librdkafka's auto-commit commits what was
-stored. If the handler raises a retryable error, the batch is rewound (each
-partition seeks back to its first record) and fetched again after a backoff:
-nothing is skipped and the loop keeps polling, so the group does not evict us.
+stored. If the handler raises :class:`RetryBatch` (Redis unreachable, Kafka
+refusing our output), the batch is rewound (each partition seeks back to its
+first record) and every assigned partition is paused for a backoff that doubles
+up to 30 s: the consumer stops fetching, keeps polling (so the group keeps it
+and rebalances are served), then resumes and processes the batch again. Nothing
+is skipped and no offset moves past an unprocessed record.
+
+Handlers can also hold one partition until a given time (:meth:`ConsumerLoop.hold`):
+the retry tiers use it when the head record of a retry topic is not yet due.
+The poll loop never sleeps; a held partition is paused and resumed when due.
+Holds are forgotten when partitions are assigned, revoked or lost.
 
 Shutdown (SIGTERM or SIGINT): stop fetching, let the current batch finish,
 store its offsets, close the consumer (which commits the stored offsets and
@@ -31,7 +39,7 @@ from prometheus_client import Counter as PromCounter
 
 from consumers import metrics
 from consumers.health import Health, HealthServer
-from consumers.kafka import BatchProducer, consumer_config, dlq_headers, rewind
+from consumers.kafka import BatchProducer, batch_starts, consumer_config, dlq_headers
 from consumers.settings import Settings
 from schemas import Catalog, Status
 from schemas.models import event_key
@@ -65,6 +73,9 @@ class ConsumerLoop(ABC):
                      "error_cb": self._on_error, **(consumer_overrides or {})}
         self.consumer = Consumer(consumer_config(settings, group, **overrides))
         self._lag_labels: set[tuple[str, str]] = set()
+        # Paused partitions: (topic, partition) -> (offset to resume from, monotonic resume time).
+        self._held: dict[tuple[str, int], tuple[int, float]] = {}
+        self._hold_all_until = 0.0  # while in the future, every partition that delivers records is held
         self._tally: Counter[tuple[PromCounter, tuple[str, ...]]] = Counter()
 
     def count(self, metric: PromCounter, *labels: str) -> None:
@@ -97,12 +108,65 @@ class ConsumerLoop(ABC):
     def on_close(self) -> None:  # noqa: B027 - optional hook
         """Release the handler's own resources."""
 
+    # -- partition holds -----------------------------------------------------
+
+    def hold(self, topic: str, partition: int, offset: int, until: float) -> None:
+        """Pause ``topic[partition]`` and fetch it again from ``offset`` at monotonic time ``until``."""
+        key = (topic, partition)
+        earlier = self._held.get(key)
+        if earlier is not None:
+            offset, until = min(offset, earlier[0]), max(until, earlier[1])
+        tp = TopicPartition(topic, partition, offset)
+        try:
+            self.consumer.pause([tp])
+            self.consumer.seek(tp)
+        except KafkaException as exc:  # revoked meanwhile: its new owner reads it from the commit
+            log.info("%s: hold of %s[%d] skipped: %s", self.group, topic, partition, exc)
+            return
+        self._held[key] = (offset, until)
+
+    def held(self) -> dict[tuple[str, int], tuple[int, float]]:
+        """The partitions on hold (a copy): ``{(topic, partition): (offset, resume time)}``."""
+        return dict(self._held)
+
+    def _resume_due(self) -> None:
+        now = time.monotonic()
+        for key, (offset, until) in list(self._held.items()):
+            if until > now or self._hold_all_until > now:
+                continue
+            del self._held[key]
+            tp = TopicPartition(key[0], key[1], offset)
+            try:
+                self.consumer.resume([tp])
+                self.consumer.seek(tp)  # fetch from the held record whatever was queued before the pause
+            except KafkaException as exc:
+                log.info("%s: resume of %s[%d] skipped: %s", self.group, key[0], key[1], exc)
+
+    def _next_wake(self) -> float:
+        """Seconds the next poll may wait: the poll timeout, or less when a hold ends sooner."""
+        timeout = self.settings.poll_timeout
+        if self._held:
+            soonest = max(min(until for _, until in self._held.values()), self._hold_all_until)
+            timeout = min(timeout, max(soonest - time.monotonic(), 0.01))
+        return timeout
+
+    def _forget_holds(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._held.pop((tp.topic, tp.partition), None)
+
     # -- rebalance and statistics callbacks --------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("%s: assigned %s", self.group, _tps(partitions))
         self.health.on_assigned()
         self.health.connected = True  # an assignment came through the group coordinator
+        # A partition that was paused by us, revoked and assigned back starts fresh.
+        self._forget_holds(partitions)
+        if partitions:
+            try:
+                consumer.resume(partitions)
+            except KafkaException as exc:
+                log.debug("%s: resume on assign: %s", self.group, exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Called inside poll/consume, so no batch is in flight and everything done is
@@ -113,11 +177,13 @@ class ConsumerLoop(ABC):
         log.info("%s: revoked %s", self.group, _tps(partitions))
         self._commit_async()
         self._forget_lag(partitions)
+        self._forget_holds(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("%s: lost %s (session expired); not committing", self.group, _tps(partitions))
         self.health.on_lost()
         self._forget_lag(partitions)
+        self._forget_holds(partitions)
 
     def _forget_lag(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -185,7 +251,8 @@ class ConsumerLoop(ABC):
 
     def poll_once(self) -> None:
         self.health.tick()
-        messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout)
+        self._resume_due()
+        messages = self.consumer.consume(self.settings.batch_size, self._next_wake())
         self.health.tick()
         if messages:
             self.health.connected = True
@@ -196,6 +263,7 @@ class ConsumerLoop(ABC):
                 good.append(m)
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("%s: consume error: %s", self.group, err.str())
+        good = self._drop_held(good)
         if not good:
             return
         for topic, n in Counter(m.topic() or "" for m in good).items():
@@ -208,10 +276,9 @@ class ConsumerLoop(ABC):
             self._failures += 1
             metrics.BATCH_RETRIES.labels(self.role, exc.cause).inc()
             backoff = min(exc.backoff * (2 ** min(self._failures - 1, 5)), 30.0)
-            log.warning("%s: batch of %d will be retried in %.1fs: %s",
+            log.warning("%s: batch of %d will be retried in %.1fs: %s; fetching paused meanwhile",
                         self.group, len(good), backoff, exc)
-            rewind(self.consumer, good)
-            self.stop_event.wait(backoff)
+            self._hold_everything(good, backoff)
             return
         self._failures = 0
         if offsets:
@@ -226,6 +293,37 @@ class ConsumerLoop(ABC):
             metric.labels(*labels).inc(n)
         self._tally.clear()
         metrics.BATCH_SECONDS.labels(self.role).observe(time.perf_counter() - started)
+
+    def _drop_held(self, messages: list[Message]) -> list[Message]:
+        """Leave out records of held partitions (fetched before the pause took effect);
+        while everything is on hold, hold the partitions these records came from too."""
+        if self._hold_all_until > time.monotonic():
+            firsts = batch_starts(messages)
+            for tp in firsts:
+                if (tp.topic, tp.partition) not in self._held:
+                    self.hold(tp.topic, tp.partition, tp.offset, self._hold_all_until)
+            return []
+        if not self._held:
+            return messages
+        return [m for m in messages if (m.topic(), m.partition()) not in self._held]
+
+    def _hold_everything(self, batch: list[Message], seconds: float) -> None:
+        """Rewind ``batch`` and pause every assigned partition for ``seconds``."""
+        until = time.monotonic() + seconds
+        self._hold_all_until = until
+        for tp in batch_starts(batch):
+            self.hold(tp.topic, tp.partition, tp.offset, until)
+        try:
+            assigned = self.consumer.assignment()
+            positions = self.consumer.position(assigned) if assigned else []
+        except KafkaException as exc:
+            log.info("%s: assignment unknown while pausing: %s", self.group, exc)
+            positions = []
+        for tp in positions:
+            if (tp.topic, tp.partition) not in self._held and tp.offset >= 0:
+                self.hold(tp.topic, tp.partition, tp.offset, until)
+        # A partition without a position has fetched nothing yet; if it delivers records
+        # before the hold ends, _drop_held holds it then.
 
     def _commit_async(self) -> None:
         try:

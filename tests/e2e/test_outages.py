@@ -29,6 +29,17 @@ def own_redis(tmp_path: Path) -> Iterator[infra.Service]:
         service.stop()
 
 
+def committed_total(pipeline: Pipeline, topic: str, group: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer({"bootstrap.servers": pipeline.settings.kafka_bootstrap, "group.id": group})
+    try:
+        parts = [TopicPartition(topic, p) for p in range(pipeline.settings.partitions)]
+        return sum(max(tp.offset, 0) for tp in probe.committed(parts, timeout=10))
+    finally:
+        probe.close()
+
+
 def test_redis_outage_holds_routing_and_loses_nothing(pipeline: Pipeline, own_redis: infra.Service,
                                                       tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{own_redis.port}/0"
@@ -49,6 +60,12 @@ def test_redis_outage_holds_routing_and_loses_nothing(pipeline: Pipeline, own_re
     # Without its dedup check the router routes nothing, and says so in its metrics.
     assert len(pipeline.smtp.received()) == 1
     assert metrics.BATCH_RETRIES.labels("router", "redis")._value.get() > retries_before
+    # It paused its partitions but kept polling (so the group keeps it), and committed
+    # nothing past the one event it routed before the outage.
+    router = pipeline.loops["router"][0]
+    assert time.monotonic() - router.health.last_loop < 2.0
+    assert router.held(), "the router's partitions should be paused while Redis is down"
+    assert committed_total(pipeline, pipeline.settings.input_topic, router.group) == 1
 
     infra.start_redis(tmp_path / "redis-state", own_redis.port)  # same data directory: AOF brings state back
     mails = pipeline.smtp.wait_for(11, timeout=90)

@@ -1,0 +1,140 @@
+"""The consume loop's pause-and-resume machinery on a real broker.
+
+A handler that raises RetryBatch makes the loop pause every partition and keep
+polling (never sleeping); ``hold`` pauses one partition until a given time while
+the others flow; nothing is skipped or processed out of order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from consumers.kafka import coordinates, next_offsets
+from consumers.loop import ConsumerLoop, RetryBatch
+from consumers.settings import Settings
+from consumers.topics import create_topics
+from schemas import Catalog
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder(ConsumerLoop):
+    role = "test"
+
+    def __init__(self, settings: Settings, topic: str, fail_batches: int = 0,
+                 hold_first: dict[int, float] | None = None) -> None:
+        super().__init__(settings, Catalog.load(), settings.group("loop"), [topic])
+        self.fail_batches = fail_batches
+        self.hold_first = dict(hold_first or {})  # partition -> seconds to hold its first record
+        self.seen: list[tuple[int, int, float]] = []  # (partition, offset, monotonic time)
+        self.polls_while_failing = 0
+        self.lock = threading.Lock()
+
+    def poll_once(self) -> None:
+        if self.fail_batches <= 0 and self._hold_all_until > time.monotonic():
+            self.polls_while_failing += 1
+        super().poll_once()
+
+    def handle(self, messages: list[Message]) -> list[TopicPartition]:
+        if self.fail_batches > 0:
+            self.fail_batches -= 1
+            raise RetryBatch("test", backoff=0.3)
+        done: list[Message] = []
+        blocked: set[int] = set()
+        for m in messages:
+            _, partition, offset = coordinates(m)
+            if partition in blocked:
+                continue
+            wait = self.hold_first.pop(partition, None)
+            if wait is not None:
+                self.hold(m.topic() or "", partition, offset, time.monotonic() + wait)
+                blocked.add(partition)
+                continue
+            with self.lock:
+                self.seen.append((partition, offset, time.monotonic()))
+            done.append(m)
+        return next_offsets(done)
+
+
+@pytest.fixture
+def topic_settings(kafka_bootstrap: str, unique: str) -> Iterator[tuple[Settings, str]]:
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"t{unique}.", group_prefix=f"g{unique}-",
+                        partitions=2, poll_timeout=0.2, metrics_port=-1, redis_url="redis://127.0.0.1:1/0")
+    create_topics(settings, [])
+    yield settings, settings.input_topic
+
+
+def produce(settings: Settings, topic: str, per_partition: int) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for i in range(per_partition):
+        for p in (0, 1):
+            producer.produce(topic, value=f"{p}-{i}".encode(), partition=p)
+    assert producer.flush(30) == 0
+
+
+def run(loop: ConsumerLoop) -> threading.Thread:
+    thread = threading.Thread(target=loop.run, kwargs={"health_port": -1}, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(predicate: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def committed(settings: Settings, topic: str, group: str) -> list[int]:
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in probe.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)]
+    finally:
+        probe.close()
+
+
+def test_a_failing_batch_pauses_fetching_keeps_polling_and_is_processed_once(
+        topic_settings: tuple[Settings, str]) -> None:
+    settings, topic = topic_settings
+    produce(settings, topic, 20)
+    loop = Recorder(settings, topic, fail_batches=3)
+    thread = run(loop)
+    try:
+        wait_for(lambda: len(loop.seen) == 40)
+        time.sleep(1.0)
+        assert len(loop.seen) == 40
+        for p in (0, 1):
+            assert [o for part, o, _ in loop.seen if part == p] == list(range(20))
+        # Between failures the loop kept polling (paused, not asleep).
+        assert loop.polls_while_failing >= 2
+    finally:
+        loop.request_stop()
+        thread.join(30)
+    assert committed(settings, topic, loop.group) == [20, 20]
+
+
+def test_holding_one_partition_lets_the_other_flow(topic_settings: tuple[Settings, str]) -> None:
+    settings, topic = topic_settings
+    produce(settings, topic, 10)
+    loop = Recorder(settings, topic, hold_first={0: 3.0})
+    started = time.monotonic()
+    thread = run(loop)
+    try:
+        wait_for(lambda: len(loop.seen) == 20)
+        first_of = {p: min(t for part, _, t in loop.seen if part == p) for p in (0, 1)}
+        # partition 1 was served while partition 0 waited for its head record to be due
+        assert first_of[1] < first_of[0]
+        assert first_of[0] - started >= 3.0
+        assert [o for part, o, _ in loop.seen if part == 0] == list(range(10))
+        assert loop.held() == {}
+    finally:
+        loop.request_stop()
+        thread.join(30)
+    assert committed(settings, topic, loop.group) == [10, 10]
