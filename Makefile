@@ -49,7 +49,10 @@ chaos: venv ## infrastructure restarts under load (not part of make test)
 unit: venv ## only the tests that need no Kafka or Redis
 	$(PY) -m pytest -m "not integration and not chaos"
 
+bench: venv infra-up ## benchmarks B1-B6 on local Kafka, Redis, nginx and SMTP (under 10 min); see docs/performance.md
+	$(PY) tests/perf/bench.py $(BENCH_ARGS)
+
 clean: infra-down ## stop local servers and remove .local and caches
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit clean
+.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit bench clean
