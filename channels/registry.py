@@ -41,6 +41,7 @@ __all__ = [
 BUILTIN_CHANNELS: dict[str, str] = {
     "email": "channels.email:EmailChannel",
     "webhook": "channels.webhook:WebhookChannel",
+    "inapp": "channels.inapp:InAppChannel",
 }
 ENTRY_POINT_GROUP = "tidings.channels"
 ENV_VAR = "TIDINGS_CHANNEL_MODULES"

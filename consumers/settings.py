@@ -8,7 +8,7 @@ pass through in two ways, merged in this order:
 * one variable per option, ``TIDINGS_LIBRDKAFKA_SASL_MECHANISM=PLAIN`` becomes
   ``sasl.mechanism`` (underscores after the prefix become dots).
 
-Secrets (SMTP password, webhook signing secret, passwords in URLs, librdkafka
+Secrets (SMTP password, webhook signing secret, inbox token secret, passwords in URLs, librdkafka
 options whose name mentions a password, secret or key) never show in ``repr``,
 ``str`` or :meth:`Settings.describe`.
 """
@@ -102,6 +102,24 @@ class Settings(BaseSettings):
     webhook_signing_secret: SecretStr | None = None
     webhook_timeout: float = 10.0
 
+    # In-app inbox (channels.inapp): the store, the API server and its user tokens
+    inbox_max_items: int = Field(default=200, ge=1, le=10_000)
+    """Entries kept per inbox; the oldest are dropped beyond it."""
+    inbox_max_age_seconds: int = Field(default=30 * 86400, ge=60)
+    """Default and longest lifetime of an inbox entry (an event's expires_at may shorten it)."""
+    inbox_stream_length: int = Field(default=1000, ge=10)
+    """Change events kept per inbox for live clients that reconnect."""
+    inbox_secret: SecretStr | None = None
+    """HMAC key that signs user tokens for the inbox API (at least 16 characters)."""
+    inbox_token_ttl_seconds: int = Field(default=12 * 3600, ge=60)
+    """Lifetime of a token made by ``tidings inbox token``."""
+    inbox_host: str = "127.0.0.1"
+    inbox_port: int = Field(default=8070, ge=0, le=65535)
+    inbox_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    """Longest silence on a live stream before a keep-alive comment is sent."""
+    inbox_max_streams: int = Field(default=500, ge=1)
+    """Live streams one inbox server holds open at once (each waits on its own Redis connection)."""
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
@@ -166,6 +184,13 @@ class Settings(BaseSettings):
             }
         if channel == "webhook":
             return {"signing_secret": self.webhook_signing_secret, "timeout": self.webhook_timeout}
+        if channel == "inapp":
+            return {
+                "redis_url": SecretStr(self.redis_url),
+                "max_items": self.inbox_max_items,
+                "max_age_seconds": self.inbox_max_age_seconds,
+                "stream_length": self.inbox_stream_length,
+            }
         prefix = f"{ENV_PREFIX}{channel.upper()}_"
         return {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
 
