@@ -52,7 +52,10 @@ unit: venv ## only the tests that need no Kafka or Redis
 bench: venv infra-up ## benchmarks B1-B6 on local Kafka, Redis, nginx and SMTP (under 10 min); see docs/performance.md
 	$(PY) tests/perf/bench.py $(BENCH_ARGS)
 
+manifests: venv ## regenerate the generated files of deploy/k8s/base (topics, consumers, config, alerts)
+	$(PY) -m devstack.manifests
+
 clean: infra-down ## stop local servers and remove .local and caches
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit bench clean
+.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit bench manifests clean
