@@ -72,7 +72,7 @@ class ConsumerLoop(ABC):
         overrides = {"statistics.interval.ms": 5000, "stats_cb": self._on_stats,
                      "error_cb": self._on_error, **(consumer_overrides or {})}
         self.consumer = Consumer(consumer_config(settings, group, **overrides))
-        self._lag_labels: set[tuple[str, str]] = set()
+        self.lag = metrics.PartitionLag(group)
         # Paused partitions: (topic, partition) -> (offset to resume from, monotonic resume time).
         self._held: dict[tuple[str, int], tuple[int, float]] = {}
         self._hold_all_until = 0.0  # while in the future, every partition that delivers records is held
@@ -160,6 +160,7 @@ class ConsumerLoop(ABC):
         log.info("%s: assigned %s", self.group, _tps(partitions))
         self.health.on_assigned()
         self.health.connected = True  # an assignment came through the group coordinator
+        self.lag.assign((tp.topic, tp.partition) for tp in partitions)
         # A partition that was paused by us, revoked and assigned back starts fresh.
         self._forget_holds(partitions)
         if partitions:
@@ -186,11 +187,7 @@ class ConsumerLoop(ABC):
         self._forget_holds(partitions)
 
     def _forget_lag(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            key = (tp.topic, str(tp.partition))
-            if key in self._lag_labels:
-                self._lag_labels.discard(key)
-                metrics.CONSUMER_LAG.remove(self.group, *key)
+        self.lag.revoke((tp.topic, tp.partition) for tp in partitions)
 
     def _on_stats(self, raw: str) -> None:
         try:
@@ -200,15 +197,7 @@ class ConsumerLoop(ABC):
         brokers = [b for name, b in stats.get("brokers", {}).items() if not name.startswith("GroupCoordinator")]
         if brokers:
             self.health.connected = any(b.get("state") == "UP" for b in brokers)
-        for topic, tinfo in stats.get("topics", {}).items():
-            for pid, pinfo in tinfo.get("partitions", {}).items():
-                if pid == "-1" or pinfo.get("fetch_state") not in ("active", "offset-query"):
-                    continue
-                lag = pinfo.get("consumer_lag_stored", pinfo.get("consumer_lag", -1))
-                if lag is None or lag < 0:
-                    continue
-                metrics.CONSUMER_LAG.labels(self.group, topic, pid).set(lag)
-                self._lag_labels.add((topic, pid))
+        self.lag.update(stats)
 
     def _on_error(self, err: KafkaError) -> None:
         log.warning("%s: kafka: %s", self.group, err.str())
@@ -340,6 +329,7 @@ class ConsumerLoop(ABC):
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("%s: close: %s", self.group, exc)
+        self.lag.clear()  # a stopped consumer reports no partitions
         self.producer.close(self.settings.shutdown_timeout)
         self.on_close()
         log.info("%s: stopped", self.group)
