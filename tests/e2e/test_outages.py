@@ -64,6 +64,10 @@ def test_redis_outage_holds_routing_and_loses_nothing(pipeline: Pipeline, own_re
     # nothing past the one event it routed before the outage.
     router = pipeline.loops["router"][0]
     assert time.monotonic() - router.health.last_loop < 2.0
+    # Between two attempts the partitions are paused; during an attempt they are not, so look for a while.
+    paused_deadline = time.monotonic() + 15.0
+    while not router.held() and time.monotonic() < paused_deadline:
+        time.sleep(0.05)
     assert router.held(), "the router's partitions should be paused while Redis is down"
     assert committed_total(pipeline, pipeline.settings.input_topic, router.group) == 1
 
