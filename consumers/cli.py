@@ -8,6 +8,8 @@
     tidings publish TYPE --data JSON [--subject U] [--source S] [--id ID] [--tenant T] [--topic T]
     tidings recipients load FILE | get ID | list | remove ID   [--tenant T]
     tidings status ID
+    tidings inbox serve [--host H] [--port P]    the in-app inbox API, live stream and page
+    tidings inbox token USER [--tenant T] [--ttl SECONDS]
     tidings check            validate rules, templates and schemas
     tidings config           print the settings in force (secrets masked)
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,6 +154,55 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inbox_secret(settings: Settings) -> str:
+    if settings.inbox_secret is None:
+        raise ConfigError("TIDINGS_INBOX_SECRET is not set: the inbox API needs it to sign and check user tokens")
+    return settings.inbox_secret.get_secret_value()
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    import time
+
+    from channels.inapp.tokens import check_secret, mint
+
+    settings = _settings()
+    secret = _inbox_secret(settings)
+    check_secret(secret)
+    if args.action == "token":
+        if not args.user:
+            raise InputError("inbox token needs a USER")
+        ttl = args.ttl if args.ttl is not None else settings.inbox_token_ttl_seconds
+        if ttl <= 0:
+            raise InputError("--ttl must be a positive number of seconds")
+        print(mint(secret, args.tenant, args.user, int(time.time()) + ttl))
+        return 0
+    if args.user:
+        raise InputError("inbox serve takes no USER")
+    import uvicorn
+    from redis.asyncio import Redis as AsyncRedis
+
+    from channels.inapp.api import create_app
+    from channels.inapp.store import InboxStore
+    from consumers.app import setup_logging
+
+    setup_logging(settings.log_level)
+    redis = AsyncRedis.from_url(settings.redis_url, socket_connect_timeout=5,
+                                socket_timeout=settings.inbox_heartbeat_seconds + 10,
+                                max_connections=settings.inbox_max_streams + 32)
+    store = InboxStore(redis, max_items=settings.inbox_max_items, stream_length=settings.inbox_stream_length)
+    app = create_app(store, secret, heartbeat=settings.inbox_heartbeat_seconds,
+                     max_streams=settings.inbox_max_streams)
+    host = args.host or settings.inbox_host
+    port = settings.inbox_port if args.port is None else args.port
+    # No access log: the live stream carries the user token in its query string.
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False,
+                                           log_level=settings.log_level.lower(), timeout_graceful_shutdown=3))
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it; this handler makes that a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server.run()
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(json.dumps(_settings().describe(), indent=2, default=str))
     return 0
@@ -192,6 +244,15 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("id")
     st.add_argument("--timeout", type=float, default=30.0)
     st.set_defaults(func=cmd_status)
+
+    inbox = sub.add_parser("inbox", help="serve the in-app inbox, or make a user token for it")
+    inbox.add_argument("action", choices=["serve", "token"])
+    inbox.add_argument("user", nargs="?", help="the user id, for token")
+    inbox.add_argument("--tenant", default="default")
+    inbox.add_argument("--ttl", type=int, help="token lifetime in seconds")
+    inbox.add_argument("--host")
+    inbox.add_argument("--port", type=int)
+    inbox.set_defaults(func=cmd_inbox)
 
     sub.add_parser("check", help="validate rules, templates and schemas").set_defaults(func=cmd_check)
     sub.add_parser("config", help="print settings (secrets masked)").set_defaults(func=cmd_config)
