@@ -11,6 +11,13 @@ Two framings are read, told apart by the first byte:
 Decoding always resolves the writer schema against the catalog's current
 (reader) schema of the same name, so an event written before a field was added
 still decodes, with the field's default.
+
+Encoding is on the router's hot path (four records per routed event), so a
+flat record schema (primitives, enums, nullable unions, timestamp-millis,
+maps and arrays of strings) is compiled once into a Python function that
+writes the body directly; it gives the same bytes as fastavro's
+``schemaless_writer`` in about a third of the time. Anything it does not
+cover, and any datum it cannot write, goes through fastavro as before.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,6 +78,169 @@ class SchemaLookup(Protocol):
     def schema_by_id(self, schema_id: int) -> dict[str, Any]: ...
 
 
+# -- a compiled writer for flat records ----------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SMALL = 16384
+
+
+def _zigzag_bytes(n: int) -> bytes:
+    """Avro's zig-zag varint encoding of an int or long."""
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+# Encoded non-negative ints below _SMALL: string lengths, counts and small numbers.
+_UINT = [_zigzag_bytes(n) for n in range(_SMALL)]
+
+
+def _long(n: int) -> bytes:
+    if not isinstance(n, int):
+        raise TypeError(f"expected an int, got {type(n).__name__}")
+    return _UINT[n] if 0 <= n < _SMALL else _zigzag_bytes(n)
+
+
+def _millis(value: Any) -> bytes:
+    # The same arithmetic as fastavro's prepare_timestamp_millis for aware datetimes;
+    # naive ones (local time in fastavro) are left to fastavro.
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise TypeError("naive datetime")
+        delta = value - _EPOCH
+        return _long((delta.days * 86400 + delta.seconds) * 1000 + int(delta.microseconds / 1000))
+    return _long(value)
+
+
+def _text(value: Any) -> bytes:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    raw = value.encode()
+    n = len(raw)
+    return (_UINT[n] if n < _SMALL else _zigzag_bytes(n)) + raw
+
+
+def _blob(value: Any) -> bytes:
+    if not isinstance(value, bytes | bytearray):
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    n = len(value)
+    return (_UINT[n] if n < _SMALL else _zigzag_bytes(n)) + bytes(value)
+
+
+_DOUBLE = struct.Struct("<d").pack
+_FLOAT = struct.Struct("<f").pack
+
+
+def _double(value: Any) -> bytes:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return _DOUBLE(value)
+
+
+def _float(value: Any) -> bytes:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return _FLOAT(value)
+
+
+def _boolean(value: Any) -> bytes:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {type(value).__name__}")
+    return b"\x01" if value else b"\x00"
+
+
+_PRIMITIVES: dict[str, Callable[[Any], bytes]] = {
+    "string": _text, "bytes": _blob, "int": _long, "long": _long,
+    "double": _double, "float": _float, "boolean": _boolean,
+}
+
+
+def _writer_for(avro_type: Any) -> Callable[[Any], bytes] | None:
+    """A function writing one value of ``avro_type``, or None when it is not covered."""
+    if isinstance(avro_type, str):
+        return _PRIMITIVES.get(avro_type)
+    if isinstance(avro_type, list):
+        if len(avro_type) != 2 or "null" not in avro_type:
+            return None
+        null_index = avro_type.index("null")
+        other = _writer_for(avro_type[1 - null_index])
+        if other is None:
+            return None
+        none_tag, value_tag = _UINT[null_index], _UINT[1 - null_index]
+
+        def nullable(value: Any) -> bytes:
+            return none_tag if value is None else value_tag + other(value)
+
+        return nullable
+    if not isinstance(avro_type, dict):
+        return None
+    kind = avro_type.get("type")
+    logical = avro_type.get("logicalType")
+    if kind == "long" and logical == "timestamp-millis":
+        return _millis
+    if logical is not None:
+        return None
+    if kind == "enum":
+        symbols = {symbol: _long(i) for i, symbol in enumerate(avro_type["symbols"])}
+
+        def enum(value: Any) -> bytes:
+            return symbols[value]
+
+        return enum
+    if kind in ("map", "array"):
+        item = _writer_for(avro_type["values" if kind == "map" else "items"])
+        if item is None:
+            return None
+        if kind == "map":
+            def mapping(value: Any) -> bytes:
+                if not value:
+                    return b"\x00"
+                return b"".join([_long(len(value)), *(_text(k) + item(v) for k, v in value.items()), b"\x00"])
+
+            return mapping
+
+        def array(value: Any) -> bytes:
+            if not value:
+                return b"\x00"
+            return b"".join([_long(len(value)), *(item(v) for v in value), b"\x00"])
+
+        return array
+    if kind in _PRIMITIVES:
+        return _PRIMITIVES[kind]
+    return None
+
+
+def compile_writer(parsed: Any) -> Callable[[Mapping[str, Any]], bytes] | None:
+    """A function that writes the Avro body of a flat record, or None when the schema is not covered.
+
+    The function is generated as one expression, ``b"".join([w0(d["a"]), w1(d.get("b", default)), ...])``:
+    no per-field loop, one call per field.
+    """
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        return None
+    names: dict[str, Any] = {}
+    parts: list[str] = []
+    for i, fld in enumerate(parsed["fields"]):
+        write = _writer_for(fld["type"])
+        if write is None:
+            return None
+        names[f"w{i}"] = write
+        key = repr(str(fld["name"]))
+        if "default" in fld:
+            names[f"d{i}"] = fld["default"]
+            parts.append(f"w{i}(datum.get({key}, d{i}))")
+        else:
+            parts.append(f"w{i}(datum[{key}])")
+    source = f"def write_record(datum):\n    return b''.join([{', '.join(parts)}])\n"
+    exec(compile(source, f"<avro writer {parsed.get('name')}>", "exec"), names)  # noqa: S102 - our own schema
+    writer: Callable[[Mapping[str, Any]], bytes] = names["write_record"]
+    return writer
+
+
 @dataclass(frozen=True)
 class Schema:
     """One parsed schema with its identity."""
@@ -81,6 +253,24 @@ class Schema:
     path: Path | None = None
     definition: dict[str, Any] | None = None
     """The schema as written (defaults, docs and our attributes included): what a registry gets."""
+    writer: Callable[[Mapping[str, Any]], bytes] | None = field(default=None, compare=False, repr=False)
+    """The compiled body writer (see :func:`compile_writer`), when the schema is covered."""
+
+    def body(self, data: Mapping[str, Any]) -> bytes:
+        """The Avro binary body of ``data`` (no framing)."""
+        if self.writer is not None:
+            try:
+                return self.writer(data)
+            except (TypeError, KeyError, AttributeError, ValueError, OverflowError):
+                pass  # fastavro decides what to do with a datum the fast path does not take
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self.parsed, data)
+        return buf.getvalue()
+
+    @cached_property
+    def header(self) -> bytes:
+        """Single-object framing: the magic bytes and this schema's fingerprint."""
+        return SINGLE_OBJECT_MAGIC + self.fingerprint
 
     @property
     def field_names(self) -> list[str]:
@@ -129,6 +319,7 @@ class Catalog:
             category=raw.get("category"),
             path=path,
             definition=raw,
+            writer=compile_writer(parsed),
         )
         if current:
             if schema.name in self.current:
@@ -186,19 +377,12 @@ class Catalog:
         """Single-object encoding of ``data``; with ``check``, refuse data that does not fit."""
         if check:
             check_fits(schema, data)
-        buf = io.BytesIO()
-        buf.write(SINGLE_OBJECT_MAGIC)
-        buf.write(schema.fingerprint)
-        fastavro.schemaless_writer(buf, schema.parsed, data)
-        return buf.getvalue()
+        return schema.header + schema.body(data)
 
     def encode_confluent(self, schema: Schema, schema_id: int, data: Mapping[str, Any]) -> bytes:
         """Confluent framing: ``00``, the 4-byte big-endian registry id, then the body."""
         check_fits(schema, data)
-        buf = io.BytesIO()
-        buf.write(struct.pack(">bI", CONFLUENT_MAGIC, schema_id))
-        fastavro.schemaless_writer(buf, schema.parsed, data)
-        return buf.getvalue()
+        return struct.pack(">bI", CONFLUENT_MAGIC, schema_id) + schema.body(data)
 
     def decode(self, value: bytes | None, reader: Schema | None = None) -> tuple[Schema, dict[str, Any]]:
         """Decode a framed record; return the writer schema and the data as the reader sees it.

@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import fastavro
@@ -13,6 +14,7 @@ from fastavro.schema import to_parsing_canonical_form
 from schemas import Catalog
 from schemas.avro import SCHEMA_DIR, SINGLE_OBJECT_MAGIC, crc64_avro, fingerprint
 from schemas.errors import ConfigError, DecodeError, SchemaMismatchError
+from schemas.models import Priority, State
 
 MATCH = {
     "user_id": "u-1", "match_id": "m-1", "job_title": "Engineer", "company": "Acme",
@@ -197,3 +199,67 @@ def test_compatible_changes_pass(tmp_path: Path, old_type: object, new_type: obj
     (tmp_path / "e.avsc").write_text(json.dumps(_record("E", [
         {"name": "a", "type": new_type}, {"name": "b", "type": "boolean", "default": False}])))
     assert Catalog.load(tmp_path).evolution_problems() == []
+
+
+# -- the compiled body writer ---------------------------------------------------------
+
+WRITER_CASES = [
+    ("tidings.internal.Delivery", {
+        "delivery_id": "d-1", "event_id": "e-1", "event_source": "s", "event_type": "jobs.match.found",
+        "event_time": datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC), "tenant": "default", "rule": "r",
+        "channel": "webhook", "recipient_id": "u-1", "address": "https://example.com/h", "locale": "de-AT",
+        "priority": Priority.urgent, "subject": "Grüße ✓", "text": "x" * 20_000, "html": None,
+        "payload": '{"a":1}', "created_at": datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC),
+        "deadline": None, "attempt": 70_000, "metadata": {"k": "v", "ü": "€"},
+    }),
+    ("tidings.internal.Delivery", {  # defaults left out, a non-UTC zone, a datetime as int millis
+        "delivery_id": "d-2", "event_id": "e-2", "event_source": "s", "event_type": "t",
+        "event_time": 1_700_000_000_123, "tenant": "t", "rule": "r", "channel": "email", "recipient_id": "u",
+        "address": "a@example.com", "subject": "", "text": "",
+        "created_at": datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=-5))),
+        "deadline": datetime(2030, 1, 1, tzinfo=UTC), "attempt": -3,
+    }),
+    ("tidings.internal.Status", {
+        "state": State.dead_lettered, "event_id": "e", "event_source": "s", "event_type": "t",
+        "delivery_id": None, "reason": "x", "attempt": 2, "at": datetime.now(UTC),
+    }),
+    ("tidings.events.JobMatchFound", MATCH),
+    ("tidings.events.JobMatchFound", {**MATCH, "location": "Berlin", "is_remote": True, "score": 1e300}),
+]
+
+
+@pytest.mark.parametrize(("name", "data"), WRITER_CASES)
+def test_compiled_writer_writes_what_fastavro_writes(catalog: Catalog, name: str, data: dict[str, object]) -> None:
+    schema = catalog.named(name)
+    assert schema.writer is not None, f"{name} should be covered by the compiled writer"
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema.parsed, data)
+    assert schema.writer(data) == buf.getvalue()
+    assert catalog.encode(schema, data, check=False) == SINGLE_OBJECT_MAGIC + schema.fingerprint + buf.getvalue()
+
+
+def test_every_shipped_schema_is_compiled(catalog: Catalog) -> None:
+    assert [s.name for s in catalog.by_fingerprint.values() if s.writer is None] == []
+
+
+def test_a_datum_the_writer_does_not_take_goes_through_fastavro(catalog: Catalog) -> None:
+    schema = catalog.named("tidings.internal.Status")
+    data = {"state": "routed", "event_id": "e", "event_source": "s", "event_type": "t",
+            "at": datetime(2026, 1, 1, 12, 0)}  # naive: fastavro reads it as local time
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, schema.parsed, data)
+    assert catalog.encode(schema, data, check=False)[10:] == buf.getvalue()
+    with pytest.raises(ValueError, match="nope"):  # fastavro's own error for an unknown symbol
+        catalog.encode(schema, {**data, "state": "nope"}, check=False)
+
+
+def test_schemas_the_writer_does_not_cover_still_encode() -> None:
+    nested = {"type": "record", "name": "Outer", "fields": [
+        {"name": "inner", "type": {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "int"}]}},
+        {"name": "fixed", "type": {"type": "fixed", "name": "F", "size": 2}},
+    ]}
+    catalog = Catalog()
+    schema = catalog.add(nested, current=True)
+    assert schema.writer is None
+    value = catalog.encode(schema, {"inner": {"x": 5}, "fixed": b"ab"}, check=False)
+    assert catalog.decode(value)[1] == {"inner": {"x": 5}, "fixed": b"ab"}
