@@ -128,7 +128,8 @@ class BatchProducer:
              headers: Sequence[tuple[str, str | bytes]] | None = None) -> None:
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers)
+                self.producer.produce(topic, value=value, key=key,
+                                      headers=headers if headers is None else list(headers))
                 return
             except BufferError:
                 self.producer.poll(0.05)  # local queue full: serve callbacks and retry
