@@ -40,11 +40,16 @@ lint: venv ## ruff and mypy (strict on the packages)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: venv lint ## lint, then the whole test suite on real Kafka, Redis, SMTP and HTTP
+test: venv lint browser ## lint, then the whole test suite on real Kafka, Redis, SMTP and HTTP
 	$(PY) -m pytest
 
 chaos: venv ## infrastructure restarts under load (not part of make test)
 	$(PY) -m pytest -m chaos
+
+browser: tests/browser/node_modules/.package-lock.json ## npm packages of the browser test (playwright-core; uses /usr/bin/chromium)
+
+tests/browser/node_modules/.package-lock.json: tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
 
 unit: venv ## only the tests that need no Kafka or Redis
 	$(PY) -m pytest -m "not integration and not chaos"
@@ -58,4 +63,4 @@ manifests: venv ## regenerate the generated files of deploy/k8s/base (topics, co
 clean: infra-down ## stop local servers and remove .local and caches
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit bench manifests clean
+.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit browser bench manifests clean

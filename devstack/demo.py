@@ -2,7 +2,7 @@
 
 Starts (or reuses) local Kafka and Redis, creates the topics, loads the demo
 recipients, starts the local SMTP sink and webhook receiver, the router and
-the email and webhook consumers, then publishes ``config/demo-events.yaml``.
+the email, webhook and in-app consumers and the inbox server, then publishes ``config/demo-events.yaml``.
 
 * ``run``: prints each delivery as it lands, until Ctrl-C.
 * ``demo``: waits until every expected outcome is observed at the sinks and in
@@ -41,6 +41,11 @@ from schemas.errors import DecodeError
 REPO = infra.REPO
 SMTP_PORT = int(os.environ.get("TIDINGS_DEMO_SMTP_PORT", "2525"))
 HTTP_PORT = int(os.environ.get("TIDINGS_DEMO_HTTP_PORT", "8025"))
+INBOX_PORT = int(os.environ.get("TIDINGS_DEMO_INBOX_PORT", "8070"))
+INBOX_SECRET = "demo-inbox-token-secret-not-for-production"  # noqa: S105 - a published demo value
+INBOX_USERS = ("u-ada", "u-grace")  # the demo recipients who get an inapp contact
+INBOX_RULES = ("job-match", "application-status")  # the demo rules that also notify in-app
+INAPP_METRICS_PORT = 9420
 SECRET = "whsec_" + "ZGVtby1zaWduaW5nLXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24="
 REFUSED = "edsger@refused.example.com"
 GONE_PATH = "/gone/edsger"
@@ -59,11 +64,14 @@ class Stack:
             **os.environ,
             "TIDINGS_KAFKA_BOOTSTRAP": os.environ.get("TIDINGS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             "TIDINGS_REDIS_URL": os.environ.get("TIDINGS_REDIS_URL", "redis://127.0.0.1:6379/0"),
-            "TIDINGS_RULES": str(REPO / "config" / "rules.yaml"),
+            "TIDINGS_RULES": str(self.state / "demo-config" / "rules.yaml"),  # see write_demo_config
+            "TIDINGS_TEMPLATES": str(REPO / "config" / "templates"),
             "TIDINGS_SMTP_HOST": "127.0.0.1",
             "TIDINGS_SMTP_PORT": str(SMTP_PORT),
             "TIDINGS_SMTP_LOCAL_HOSTNAME": "localhost",
             "TIDINGS_WEBHOOK_SIGNING_SECRET": SECRET,
+            "TIDINGS_INBOX_SECRET": INBOX_SECRET,
+            "TIDINGS_INBOX_PORT": str(INBOX_PORT),
             "TIDINGS_SEND_ATTEMPTS": "2",
             "TIDINGS_RETRY_BACKOFF": "0.2",
             "TIDINGS_BATCH_SIZE": "200",
@@ -200,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         env = stack.env()
         subprocess.run(tidings("topics", "create"), env=env, check=True, cwd=REPO,
                        stdout=subprocess.DEVNULL)
-        subprocess.run(tidings("recipients", "load", str(REPO / "config" / "recipients.yaml")),
+        recipients = write_demo_config(state)
+        subprocess.run(tidings("recipients", "load", str(recipients)),
                        env=env, check=True, cwd=REPO)
         stack.start("sinks", [sys.executable, "-m", "devstack.sinks", "--smtp-port", str(SMTP_PORT),
                               "--http-port", str(HTTP_PORT), "--secret", SECRET, "--record", str(record),
@@ -209,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.start("router", tidings("router"), port=9400)
         stack.start("deliver-email", tidings("deliver", "email"), port=9401)
         stack.start("deliver-webhook", tidings("deliver", "webhook"), port=9402)
-        _wait_ready([9400, 9401, 9402], stack, timeout=60)
+        stack.start("deliver-inapp", tidings("deliver", "inapp"), port=INAPP_METRICS_PORT)
+        stack.start("inbox", tidings("inbox", "serve"))
+        _wait_ready([9400, 9401, 9402, INAPP_METRICS_PORT], stack, timeout=60)
+        _wait_inbox(stack, timeout=30)
 
         events = load_events()
         want = expected(events)
@@ -220,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "run":
             print(f"published {published} demo events; deliveries print below as they land "
                   f"(Ctrl-C stops everything). Metrics: http://127.0.0.1:9400/metrics", flush=True)
+            print(f"Inbox page for u-ada (bell, live updates): {inbox_url('u-ada')}", flush=True)
+            shown: set[str] = set()
             people = {r["contacts"].get("email"): r["id"] for r in _recipients()}
             printed = 0
             reader = dead_letter_reader(env, start_offsets)
@@ -232,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                     printed = len(records)
                     for line in dead_letters(reader):
                         print(line, flush=True)
+                    for line in inbox_lines(run_id, shown):
+                        print(line, flush=True)
             finally:
                 reader.close()
             return 0
@@ -241,11 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < deadline and not interrupted:
             stack.check_alive()
             seen = observe(record, env, start_offsets)
+            seen.update(inbox_counts(run_id))
             if all(seen[k] >= v for k, v in want.items()):
                 break
             time.sleep(0.5)
         time.sleep(2.0)  # settle: anything extra that was going to arrive, arrives
         seen = observe(record, env, start_offsets)
+        seen.update(inbox_counts(run_id))
         took = time.monotonic() - started
         delivered = sum(v for k, v in seen.items() if k.endswith(":delivered"))
         dead = sum(v for k, v in seen.items() if k.endswith(":dead_lettered"))
@@ -331,6 +349,83 @@ def observe(record: Path, env: dict[str, str], start: dict[tuple[str, int], int]
             channel = "router" if topic.endswith("router.dlq") else topic.split(".")[-2]
             seen[f"{channel}:dead_lettered"] += n
     return seen
+
+
+def write_demo_config(state: Path) -> Path:
+    """The demo's rules and recipients: ``config/`` plus the in-app channel; returns the recipients file.
+
+    ``config/rules.yaml`` and ``config/recipients.yaml`` stay as the tests know them; the demo
+    adds ``inapp`` to :data:`INBOX_RULES` and an ``inapp`` contact to :data:`INBOX_USERS`.
+    """
+    target = state / "demo-config"
+    target.mkdir(parents=True, exist_ok=True)
+    rules = yaml.safe_load((REPO / "config" / "rules.yaml").read_text())
+    for rule in rules["rules"]:
+        if rule["name"] in INBOX_RULES and "inapp" not in rule["channels"]:
+            rule["channels"].append("inapp")
+    (target / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False, allow_unicode=True))
+    people = yaml.safe_load((REPO / "config" / "recipients.yaml").read_text())
+    for person in people["recipients"]:
+        if person["id"] in INBOX_USERS:
+            person.setdefault("contacts", {})["inapp"] = "on"
+    path = target / "recipients.yaml"
+    path.write_text(yaml.safe_dump(people, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def inbox_token(user: str) -> str:
+    from channels.inapp.tokens import mint
+
+    return mint(INBOX_SECRET, "default", user, int(time.time()) + 12 * 3600)
+
+
+def inbox_url(user: str) -> str:
+    return f"http://127.0.0.1:{INBOX_PORT}/#token={inbox_token(user)}"
+
+
+def inbox_items(user: str, run_id: str) -> list[dict[str, Any]]:
+    """This run's entries in a user's inbox, read through the inbox API (as the page does)."""
+    import httpx
+
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{INBOX_PORT}/api/inbox", params={"limit": 100}, timeout=5,
+                           headers={"authorization": f"Bearer {inbox_token(user)}"})
+        answer.raise_for_status()
+    except httpx.HTTPError:
+        return []
+    items: list[dict[str, Any]] = answer.json()["items"]
+    return [i for i in items if str(i.get("event_id", "")).endswith(f"-{run_id}")]
+
+
+def inbox_counts(run_id: str) -> Counter[str]:
+    return Counter({"inapp:delivered": sum(len(inbox_items(u, run_id)) for u in INBOX_USERS)})
+
+
+def inbox_lines(run_id: str, shown: set[str]) -> list[str]:
+    """One line per inbox entry of this run not printed yet."""
+    lines = []
+    for user in INBOX_USERS:
+        for item in reversed(inbox_items(user, run_id)):
+            if item["id"] not in shown:
+                shown.add(item["id"])
+                lines.append(f"{user:10} inapp    {item['title']}")
+    return lines
+
+
+def _wait_inbox(stack: Stack, timeout: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{INBOX_PORT}/healthz", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the inbox server did not answer on port {INBOX_PORT} within {timeout:.0f}s")
 
 
 def _wait_ready(ports: list[int], stack: Stack, timeout: float) -> None:

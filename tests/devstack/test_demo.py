@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_run_prints_deliveries_and_dead_letters_then_stops_what_it_started(tmp_path: Path) -> None:
-    ports = (9092, 6379, 2525, 8025)
-    if any(infra.port_open(p) for p in (2525, 8025)):
-        pytest.skip("the demo sink ports 2525/8025 are in use on this machine")
+    ports = (9092, 6379, 2525, 8025, 8070)
+    if any(infra.port_open(p) for p in (2525, 8025, 8070)):
+        pytest.skip("the demo sink or inbox ports 2525/8025/8070 are in use on this machine")
     free_before = {p: not infra.port_open(p) for p in ports}
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
     env["TIDINGS_STATE"] = str(tmp_path)
@@ -40,7 +40,7 @@ def test_run_prints_deliveries_and_dead_letters_then_stops_what_it_started(tmp_p
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             shown = [ln for ln in lines if ln.split()[:1] and ln.split()[0].startswith(("u-", "oncall"))]
-            if len(shown) >= 11 or proc.poll() is not None:
+            if len(shown) >= 13 or proc.poll() is not None:
                 break
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
@@ -60,6 +60,9 @@ def test_run_prints_deliveries_and_dead_letters_then_stops_what_it_started(tmp_p
     assert "u-edsger   webhook  [dead-lettered: PermanentError" in text
     assert "router   [dead-lettered: DecodeError" in text
     assert "u-grace    webhook" not in text  # she opted out of webhooks
+    assert "u-ada      inapp    New match: Analytical Engineer at Babbage & Co (91%)" in text
+    assert "u-grace    inapp    Your application for Compiler Engineer is now interview" in text
+    assert "Inbox page for u-ada (bell, live updates): http://127.0.0.1:8070/#token=" in text
     # Whatever it started is stopped again; whatever was running before is left alone.
     for port, was_free in free_before.items():
         if was_free:
