@@ -20,9 +20,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from schemas import Delivery
+from schemas.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +59,19 @@ class Channel(ABC):
 
     @classmethod
     def from_config(cls, config: ChannelConfig | dict[str, Any]) -> Channel:
-        model = config if isinstance(config, cls.config_model) else cls.config_model.model_validate(config)
-        return cls(model)
+        """Build from a config model or a plain dict; a bad or missing setting is a :class:`ConfigError`."""
+        if isinstance(config, cls.config_model):
+            return cls(config)
+        try:
+            model = cls.config_model.model_validate(config)
+            return cls(model)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"channel {cls.name!r} is not configured correctly: {problems}") from None
+        except ValueError as exc:
+            raise ConfigError(f"channel {cls.name!r} is not configured correctly: {exc}") from None
 
     @abstractmethod
     def __init__(self, config: Any) -> None: ...

@@ -17,7 +17,10 @@ Three sources, merged in this order:
 Two sources naming the same channel with different classes is a
 :class:`~schemas.errors.ConfigError`, as is a class that cannot be imported,
 is not a :class:`~channels.base.Channel` subclass, lacks ``name`` or
-``config_model``, or still has abstract methods. The same import string
+``config_model``, still has abstract methods, has a ``send`` that is not
+``async``, or declares ``limits`` that are not a :class:`~channels.base.Limits`.
+The processes call :func:`load_all` at start, so any of these stops them
+before they consume anything. The same import string
 registered twice (say, a built-in also declared as an entry point) is fine.
 """
 
@@ -27,7 +30,7 @@ import importlib
 import inspect
 from importlib.metadata import entry_points
 
-from channels.base import Channel, ChannelConfig
+from channels.base import Channel, ChannelConfig, Limits
 from schemas.errors import ConfigError
 
 __all__ = [
@@ -35,11 +38,17 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ENV_VAR",
     "available_channels",
+    "load_all",
     "load_channel_class",
 ]
 
 BUILTIN_CHANNELS: dict[str, str] = {
+    "discord": "channels.discord:DiscordChannel",
     "email": "channels.email:EmailChannel",
+    "slack": "channels.slack:SlackChannel",
+    "sms": "channels.sms:SmsChannel",
+    "teams": "channels.teams:TeamsChannel",
+    "telegram": "channels.telegram:TelegramChannel",
     "webhook": "channels.webhook:WebhookChannel",
     "inapp": "channels.inapp:InAppChannel",
 }
@@ -76,6 +85,12 @@ def load_channel_class(name: str, extra: str | None = None) -> type[Channel]:
     cls = _import(target)
     _check(cls, target, expected_name=name)
     return cls
+
+
+def load_all(extra: str | None = None) -> dict[str, type[Channel]]:
+    """Import and check every known channel: what the processes call at start, so a broken
+    plugin fails there with its name rather than on the first delivery for it."""
+    return {name: load_channel_class(name, extra) for name in available_channels(extra)}
 
 
 def _split(extra: str | None) -> list[str]:
@@ -126,6 +141,10 @@ def _check(cls: type[Channel], target: str, expected_name: str | None) -> str:
     if inspect.isabstract(cls):
         missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
         raise ConfigError(f"channel class {target!r} leaves abstract methods unimplemented: {missing}")
+    if not inspect.iscoroutinefunction(cls.send):
+        raise ConfigError(f"channel class {target!r} must define 'async def send(self, delivery)'")
+    if not isinstance(getattr(cls, "limits", None), Limits):
+        raise ConfigError(f"channel class {target!r} declares 'limits' that is not a channels.Limits")
     if expected_name is not None and name != expected_name:
         raise ConfigError(f"channel {expected_name!r} points to {target!r}, whose name is {name!r}")
     return name

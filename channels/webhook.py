@@ -20,6 +20,7 @@ Outcomes, by answer:
 3xx                          ``PermanentError``: redirects are not followed
 408, 425, 5xx                ``TransientError``
 429                          ``RateLimitedError`` with ``retry_after`` from Retry-After
+404, 410                     ``InvalidAddressError``: nobody receives at this URL
 other 4xx                    ``PermanentError`` with the status and a body excerpt
 timeout, connection error    ``TransientError``
 not an http(s) URL           ``InvalidAddressError``, before any request
@@ -218,6 +219,8 @@ def _failure(status: int, headers: httpx.Headers, answer: bytes, masked: str) ->
         return RateLimitedError(f"{where}: rate limited{_excerpt(answer)}", retry_after=retry_after)
     if status in (408, 425) or status >= 500:
         return TransientError(f"{where}{_excerpt(answer)}")
+    if status in (404, 410):
+        return InvalidAddressError(f"{where}: no receiver at this URL{_excerpt(answer)}")
     if 400 <= status < 500:
         return PermanentError(f"{where}{_excerpt(answer)}")
     return TransientError(f"{where}: unexpected status")

@@ -8,7 +8,8 @@ import sys
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from channels import available_channels, load_channel_class
+from channels import load_channel_class
+from channels.registry import load_all
 from consumers.deliver_consumer import DeliverConsumer
 from consumers.router_consumer import RouterConsumer
 from consumers.settings import Settings
@@ -41,7 +42,7 @@ def build_router(settings: Settings) -> RouterConsumer:
     untyped = sorted({r.event_type for r in rules.rules} - set(catalog.by_type))
     if untyped:
         raise ConfigError(f"{settings.rules}: no schema in schemas/ for event type(s) {', '.join(untyped)}")
-    known = available_channels(settings.channel_modules)
+    known = load_all(settings.channel_modules)  # a broken plugin stops the router here, by name
     unknown = sorted(rules.channels - set(known))
     if unknown:
         raise ConfigError(f"{settings.rules}: unknown channel(s) {', '.join(unknown)}; "
@@ -56,6 +57,7 @@ def build_router(settings: Settings) -> RouterConsumer:
 
 
 def build_deliverer(settings: Settings, channel_name: str) -> DeliverConsumer:
+    load_all(settings.channel_modules)
     cls = load_channel_class(channel_name, settings.channel_modules)
     channel = cls.from_config(settings.channel_config(channel_name))
     needed = [settings.deliver_topic(channel_name), settings.channel_dlq_topic(channel_name),

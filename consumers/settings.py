@@ -8,7 +8,8 @@ pass through in two ways, merged in this order:
 * one variable per option, ``TIDINGS_LIBRDKAFKA_SASL_MECHANISM=PLAIN`` becomes
   ``sasl.mechanism`` (underscores after the prefix become dots).
 
-Secrets (SMTP password, webhook signing secret, inbox token secret, passwords in URLs, librdkafka
+Secrets (SMTP password, webhook signing secret, inbox token secret, Telegram bot
+token, Twilio auth token, passwords in URLs, librdkafka
 options whose name mentions a password, secret or key) never show in ``repr``,
 ``str`` or :meth:`Settings.describe`.
 """
@@ -119,6 +120,27 @@ class Settings(BaseSettings):
     """Longest silence on a live stream before a keep-alive comment is sent."""
     inbox_max_streams: int = Field(default=500, ge=1)
     """Live streams one inbox server holds open at once (each waits on its own Redis connection)."""
+    # Chat and SMS providers (each base URL points at the provider's API; tests and make run use local stand-ins)
+    slack_base_url: str = "https://hooks.slack.com"
+    slack_timeout: float = Field(default=10.0, gt=0)
+    discord_base_url: str = "https://discord.com"
+    discord_timeout: float = Field(default=10.0, gt=0)
+    discord_username: str | None = None
+    telegram_base_url: str = "https://api.telegram.org"
+    telegram_bot_token: SecretStr | None = None
+    telegram_timeout: float = Field(default=10.0, gt=0)
+    teams_base_url: str | None = None
+    """Unset: post to each Teams address as given; set: replace its scheme and host (a local stand-in)."""
+    teams_timeout: float = Field(default=10.0, gt=0)
+    sms_base_url: str = "https://api.twilio.com"
+    sms_account_sid: str | None = None
+    sms_auth_token: SecretStr | None = None
+    sms_api_key_sid: str | None = None
+    sms_from: str | None = None
+    sms_messaging_service_sid: str | None = None
+    sms_max_segments: int = Field(default=4, ge=1, le=10)
+    sms_per_second: float | None = Field(default=None, gt=0)
+    sms_timeout: float = Field(default=10.0, gt=0)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -191,8 +213,36 @@ class Settings(BaseSettings):
                 "max_age_seconds": self.inbox_max_age_seconds,
                 "stream_length": self.inbox_stream_length,
             }
+        provider = self._provider_config(channel)
+        if provider is not None:
+            return {k: v for k, v in provider.items() if v is not None}
         prefix = f"{ENV_PREFIX}{channel.upper()}_"
         return {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+
+    def _provider_config(self, channel: str) -> dict[str, Any] | None:
+        if channel == "slack":
+            return {"base_url": self.slack_base_url, "timeout": self.slack_timeout}
+        if channel == "discord":
+            return {"base_url": self.discord_base_url, "timeout": self.discord_timeout,
+                    "username": self.discord_username}
+        if channel == "telegram":
+            return {"base_url": self.telegram_base_url, "timeout": self.telegram_timeout,
+                    "bot_token": self.telegram_bot_token}
+        if channel == "teams":
+            return {"base_url": self.teams_base_url, "timeout": self.teams_timeout}
+        if channel == "sms":
+            return {
+                "base_url": self.sms_base_url,
+                "timeout": self.sms_timeout,
+                "account_sid": self.sms_account_sid,
+                "auth_token": self.sms_auth_token,
+                "api_key_sid": self.sms_api_key_sid,
+                "from_number": self.sms_from,
+                "messaging_service_sid": self.sms_messaging_service_sid,
+                "max_segments": self.sms_max_segments,
+                "per_second": self.sms_per_second,
+            }
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Every setting with secrets masked: safe to log."""

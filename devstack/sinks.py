@@ -126,10 +126,14 @@ class _SmtpHandler:
             return "550 5.1.1 mailbox unavailable"
         if address.lower() in self.sink.defer:
             return "451 4.3.0 mailbox temporarily unavailable, try again later"
+        if address.lower() in self.sink.throttle:
+            return "450 4.7.1 too many messages, rate limited: slow down and try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        if any(rcpt.lower() in self.sink.reject for rcpt in envelope.rcpt_tos):
+            return "554 5.6.0 message content refused"
         queued = self.sink._deliver(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
         return f"250 2.0.0 OK: queued as {queued}"
 
@@ -155,7 +159,9 @@ class SmtpSink(_Recorder):
     "message_id": ..., "delivery_id": ..., "text": ..., "html": ...,
     "content_type": ..., "headers": {...}}``.
 
-    ``refuse`` addresses get ``550 5.1.1`` at RCPT, ``defer`` addresses ``451``.
+    ``refuse`` addresses get ``550 5.1.1`` at RCPT, ``defer`` addresses ``451``,
+    ``throttle`` addresses ``450 4.7.1 … rate limited``; a message to a ``reject``
+    address is refused after DATA with ``554 5.6.0``.
     With ``credentials`` (user, password) the server offers AUTH and refuses MAIL
     without it. ``starttls_context`` offers STARTTLS; ``tls_context`` makes the
     listener implicit TLS.
@@ -168,6 +174,8 @@ class SmtpSink(_Recorder):
         *,
         refuse: Iterable[str] = (),
         defer: Iterable[str] = (),
+        throttle: Iterable[str] = (),
+        reject: Iterable[str] = (),
         credentials: tuple[str, str] | None = None,
         starttls_context: ssl.SSLContext | None = None,
         tls_context: ssl.SSLContext | None = None,
@@ -178,6 +186,8 @@ class SmtpSink(_Recorder):
         self.host = host
         self.refuse = {address.lower() for address in refuse}
         self.defer = {address.lower() for address in defer}
+        self.throttle = {address.lower() for address in throttle}
+        self.reject = {address.lower() for address in reject}
         self.credentials = credentials
         self._peers: set[str] = set()
         self._servers: set[SMTP] = set()

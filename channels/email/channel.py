@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import re
 import socket
 import time
 from email.message import EmailMessage
@@ -17,7 +18,7 @@ from channels.base import Channel, ChannelConfig, Limits, Sent, mask_email
 from channels.email.address import validate_address
 from channels.email.config import EmailConfig
 from schemas import Delivery
-from schemas.errors import DeliveryError, InvalidAddressError, PermanentError, TransientError
+from schemas.errors import DeliveryError, InvalidAddressError, PermanentError, RateLimitedError, TransientError
 
 
 class _StaleSession(Exception):
@@ -82,7 +83,7 @@ class EmailChannel(Channel):
                 raise _refused(exc, masked) from exc
             except aiosmtplib.SMTPResponseException as exc:
                 text = f"SMTP server refused the message to {masked}: {exc.code} {exc.message}"
-                raise _by_code(exc.code, text) from exc
+                raise _by_code(exc.code, text, exc.message) from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 raise TransientError(f"SMTP send to {masked} failed: {_describe(exc)}") from exc
             finally:
@@ -209,12 +210,22 @@ def _refused(exc: aiosmtplib.SMTPRecipientRefused, masked: str) -> DeliveryError
     text = f"recipient {masked} refused: {exc.code} {exc.message}"
     if 500 <= exc.code < 600:
         return InvalidAddressError(text)
-    return TransientError(text)
+    return _transient(exc.message, text)
 
 
-def _by_code(code: int, text: str) -> DeliveryError:
+def _by_code(code: int, text: str, reply: str = "") -> DeliveryError:
     if 500 <= code < 600:
         return PermanentError(text)
+    return _transient(reply, text)
+
+
+_THROTTLED = re.compile(r"rate.?limit|too many (messages|mails|emails|connections|recipients)|throttl", re.I)
+
+
+def _transient(reply: str, text: str) -> TransientError:
+    """A 4xx reply; relays that say they are throttling us give a rate-limited error (no retry-after in SMTP)."""
+    if _THROTTLED.search(reply):
+        return RateLimitedError(text)
     return TransientError(text)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from channels import Channel, ChannelConfig, Sent, available_channels, load_channel_class
 from channels.email import EmailChannel
-from channels.registry import BUILTIN_CHANNELS, ENTRY_POINT_GROUP
+from channels.registry import BUILTIN_CHANNELS, ENTRY_POINT_GROUP, load_all
 from channels.webhook import WebhookChannel
 from schemas import Delivery
 from schemas.errors import ConfigError
@@ -76,6 +76,21 @@ class AbstractChannel(Channel):
     def __init__(self, config: Any) -> None: ...
 
 
+class BlockingChannel(Channel):
+    name: ClassVar[str] = "blocking"
+    config_model: ClassVar[type[ChannelConfig]] = EchoConfig
+
+    def __init__(self, config: Any) -> None: ...
+
+    def send(self, delivery: Delivery) -> Sent:  # type: ignore[override]
+        return Sent()
+
+
+class BadLimitsChannel(EchoChannel):
+    name: ClassVar[str] = "badlimits"
+    limits: ClassVar[Any] = {"per_second": 3}
+
+
 HERE = __name__  # the module name this file was imported under
 
 
@@ -96,6 +111,21 @@ def test_builtins_are_listed_as_lazy_import_strings() -> None:
 def test_builtins_load() -> None:
     assert load_channel_class("email") is EmailChannel
     assert load_channel_class("webhook") is WebhookChannel
+
+
+def test_every_builtin_satisfies_the_contract() -> None:
+    loaded = load_all()
+    assert set(loaded) >= {"email", "webhook", "slack", "discord", "telegram", "teams", "sms"}
+    for name, cls in loaded.items():
+        assert cls.name == name
+        assert cls.limits.max_in_flight >= 1
+
+
+def test_load_all_fails_at_start_on_a_broken_plugin(plugin_root: Path) -> None:
+    install_plugin(plugin_root, {"text": "tidings_test_plugin:PagerChannel"})
+
+    with pytest.raises(ConfigError, match=r"'text' points to .*whose name is 'pager'"):
+        load_all()
 
 
 def test_unknown_channel_names_the_known_ones() -> None:
@@ -145,6 +175,8 @@ def test_extra_class_may_not_take_a_builtin_name() -> None:
         (ref(NamelessChannel), "does not declare a 'name'"),
         (ref(ConfiglessChannel), "does not declare a 'config_model'"),
         (ref(AbstractChannel), "abstract methods unimplemented: send"),
+        (ref(BlockingChannel), "must define 'async def send"),
+        (ref(BadLimitsChannel), "'limits' that is not a channels.Limits"),
         ("no_such_module_for_tidings:Thing", "cannot import channel module"),
         (f"{HERE}:NoSuchClass", "has no attribute 'NoSuchClass'"),
         ("just_a_module", "not of the form 'module:Class'"),
@@ -184,8 +216,8 @@ def install_plugin(root: Path, entry_points: dict[str, str]) -> None:
             from {HERE} import EchoChannel
 
 
-            class SmsChannel(EchoChannel):
-                name = "sms"
+            class PagerChannel(EchoChannel):
+                name = "pager"
             """
         )
     )
@@ -198,16 +230,16 @@ def install_plugin(root: Path, entry_points: dict[str, str]) -> None:
 
 
 def test_entry_point_channel_is_found_and_loaded(plugin_root: Path) -> None:
-    install_plugin(plugin_root, {"sms": "tidings_test_plugin:SmsChannel"})
+    install_plugin(plugin_root, {"pager": "tidings_test_plugin:PagerChannel"})
 
-    assert available_channels()["sms"] == "tidings_test_plugin:SmsChannel"
-    cls = load_channel_class("sms")
-    assert cls.__name__ == "SmsChannel"
-    assert cls.name == "sms"
+    assert available_channels()["pager"] == "tidings_test_plugin:PagerChannel"
+    cls = load_channel_class("pager")
+    assert cls.__name__ == "PagerChannel"
+    assert cls.name == "pager"
 
 
 def test_entry_point_may_not_shadow_a_builtin(plugin_root: Path) -> None:
-    install_plugin(plugin_root, {"email": "tidings_test_plugin:SmsChannel"})
+    install_plugin(plugin_root, {"email": "tidings_test_plugin:PagerChannel"})
 
     with pytest.raises(ConfigError, match="'email' is defined twice"):
         available_channels()
@@ -220,15 +252,15 @@ def test_entry_point_repeating_a_builtin_target_is_fine(plugin_root: Path) -> No
 
 
 def test_entry_point_name_must_match_the_class_name(plugin_root: Path) -> None:
-    install_plugin(plugin_root, {"text": "tidings_test_plugin:SmsChannel"})
+    install_plugin(plugin_root, {"text": "tidings_test_plugin:PagerChannel"})
 
     assert "text" in available_channels()  # listing stays lazy: nothing imported yet
-    with pytest.raises(ConfigError, match=r"'text' points to .*whose name is 'sms'"):
+    with pytest.raises(ConfigError, match=r"'text' points to .*whose name is 'pager'"):
         load_channel_class("text")
 
 
 def test_entry_point_conflicting_with_extra(plugin_root: Path) -> None:
-    install_plugin(plugin_root, {"echo": "tidings_test_plugin:SmsChannel"})
+    install_plugin(plugin_root, {"echo": "tidings_test_plugin:PagerChannel"})
 
     with pytest.raises(ConfigError, match="'echo' is defined twice"):
         available_channels(ref(EchoChannel))

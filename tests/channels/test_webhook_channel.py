@@ -164,10 +164,10 @@ def test_retries_of_one_delivery_carry_the_same_id_and_a_fresh_signature(
 @pytest.mark.parametrize(
     ("path", "error_class", "fragment"),
     [
-        ("/gone", PermanentError, "410"),
+        ("/gone", InvalidAddressError, "410"),
         ("/busy", TransientError, "503"),
         ("/moved", PermanentError, "redirect not followed"),
-        ("/hooks/token-that-must-not-leak", PermanentError, "404"),
+        ("/hooks/token-that-must-not-leak", InvalidAddressError, "404"),
     ],
 )
 def test_answers_map_to_error_classes(
@@ -191,7 +191,8 @@ def test_answers_map_to_error_classes(
         (400, PermanentError),
         (401, PermanentError),
         (403, PermanentError),
-        (404, PermanentError),
+        (404, InvalidAddressError),
+        (410, InvalidAddressError),
         (408, TransientError),
         (409, PermanentError),
         (422, PermanentError),

@@ -317,7 +317,26 @@ def test_channel_config_for_builtin_channels(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_channel_config_for_other_channels_reads_their_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIDINGS_SLACK_TOKEN", "xoxb-1")
-    monkeypatch.setenv("TIDINGS_SLACK_DEFAULT_CHANNEL", "#alerts")
-    monkeypatch.setenv("TIDINGS_SMSX_TOKEN", "other")
-    assert Settings().channel_config("slack") == {"token": "xoxb-1", "default_channel": "#alerts"}
+    monkeypatch.setenv("TIDINGS_PAGER_TOKEN", "xoxb-1")
+    monkeypatch.setenv("TIDINGS_PAGER_DEFAULT_CHANNEL", "#alerts")
+    monkeypatch.setenv("TIDINGS_PAGERX_TOKEN", "other")
+    assert Settings().channel_config("pager") == {"token": "xoxb-1", "default_channel": "#alerts"}
+
+
+def test_provider_channels_get_typed_settings_and_hide_their_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_TELEGRAM_BOT_TOKEN", "123:telegram-secret-token-value-000")
+    monkeypatch.setenv("TIDINGS_TELEGRAM_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("TIDINGS_SMS_AUTH_TOKEN", "twilio-secret-token")
+    monkeypatch.setenv("TIDINGS_SMS_ACCOUNT_SID", "AC" + "1" * 32)
+    monkeypatch.setenv("TIDINGS_SMS_FROM", "+15550001111")
+    s = Settings()
+    telegram = s.channel_config("telegram")
+    assert telegram["base_url"] == "http://127.0.0.1:9"
+    assert telegram["bot_token"].get_secret_value() == "123:telegram-secret-token-value-000"
+    sms = s.channel_config("sms")
+    assert (sms["account_sid"], sms["from_number"], sms["max_segments"]) == ("AC" + "1" * 32, "+15550001111", 4)
+    assert "messaging_service_sid" not in sms  # unset values leave the channel's own default
+    assert s.channel_config("teams") == {"timeout": 10.0}
+    shown = repr(s) + str(s.describe())
+    assert "telegram-secret-token" not in shown
+    assert "twilio-secret-token" not in shown

@@ -1,0 +1,276 @@
+"""What every HTTP provider channel shares: one client, rate limits, timeouts, outcome classes.
+
+A provider channel (Slack, Discord, Telegram, Teams, SMS) subclasses
+:class:`HttpChannel`, declares its default :class:`~channels.ratelimit.Rate`
+per endpoint, builds its request and reads the provider's answer. This module
+does the rest the same way for all of them:
+
+* ``base_url`` in every provider's configuration, so tests and ``make run``
+  point a channel at a local server that speaks the provider's API;
+* a token bucket per endpoint (:mod:`channels.ratelimit`) taken before each
+  call, and a provider's "retry after" remembered for the endpoint;
+* one deadline per attempt (connect, send, answer), only the first 64 KiB of
+  an answer read;
+* transport failures mapped to the error tree: a timeout, a refused or reset
+  connection, an answer that is not HTTP -> :class:`TransientError`.
+
+Status classes, used by every provider unless it knows better:
+
+=====================  ==============================================
+429                     :class:`RateLimitedError` (``retry_after`` from the provider)
+408, 425, 5xx           :class:`TransientError`
+other 4xx               :class:`PermanentError`
+2xx, answer malformed   :class:`TransientError`: something between us and the
+                        provider answered (a proxy, a captive portal); nothing
+                        confirms the message was accepted
+=====================  ==============================================
+
+Error messages name the provider and a masked endpoint, never a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import Field
+
+from channels.base import Channel, ChannelConfig
+from channels.ratelimit import EndpointLimiter, Rate
+from schemas import Delivery
+from schemas.errors import DeliveryError, PermanentError, RateLimitedError, TransientError
+
+__all__ = [
+    "Answer",
+    "HttpChannel",
+    "ProviderConfig",
+    "action",
+    "excerpt",
+    "parse_retry_after",
+    "seconds",
+    "status_error",
+    "truncate",
+]
+
+MAX_ANSWER = 64 * 1024
+_EXCERPT = 200
+
+
+class _MaskUrls(logging.Filter):
+    """httpx logs every request with its full URL, where Telegram, Slack and Discord keep tokens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(_origin(arg) if isinstance(arg, httpx.URL) else arg for arg in record.args)
+        return True
+
+
+def _origin(url: httpx.URL) -> str:
+    port = f":{url.port}" if url.port else ""
+    return f"{url.scheme}://{url.host}{port}/***"
+
+
+_HTTPX_LOG = logging.getLogger("httpx")
+if not any(isinstance(f, _MaskUrls) for f in _HTTPX_LOG.filters):
+    _HTTPX_LOG.addFilter(_MaskUrls())
+
+
+class ProviderConfig(ChannelConfig):
+    """Settings every HTTP provider channel has."""
+
+    base_url: str
+    """Scheme, host and optional path prefix of the provider's API."""
+    timeout: float = Field(default=10.0, gt=0)
+    """Seconds for one whole attempt: connect, send, read the answer."""
+    connect_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=16, ge=1)
+    per_second: float | None = Field(default=None, gt=0)
+    """Override of the provider's documented rate per endpoint."""
+    burst: float | None = Field(default=None, ge=1)
+    """Override of how many sends may go at once before the rate applies."""
+    max_queue_wait: float = Field(default=5.0, ge=0)
+    """Longest wait for a token; past it the send is rate-limited without calling the provider."""
+    user_agent: str = "Tidings/0.1"
+    trust_env: bool = True
+    """Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A provider's answer: status, headers and (the start of) the body."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> Any:
+        """The body as JSON, or ``None`` when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class HttpChannel(Channel):
+    """Base of the HTTP provider channels. Subclasses set ``default_rate`` and implement ``send``."""
+
+    default_rate: ClassVar[Rate] = Rate(per_second=10.0, burst=10.0)
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"{self.name} base_url must start with http:// or https://")
+        self.limiter = EndpointLimiter(max_wait=config.max_queue_wait)
+        self._client: httpx.AsyncClient | None = None
+        self._closed = False
+
+    def max_in_flight(self) -> int:
+        return min(self.limits.max_in_flight, self.config.max_connections)
+
+    @property
+    def rate(self) -> Rate:
+        """The rate per endpoint in force: the declared default unless configuration overrides it."""
+        default = self.default_rate
+        return Rate(self.config.per_second or default.per_second, self.config.burst or default.burst)
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__}.send() called after aclose()")
+        if self._client is None:
+            config = self.config
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+                limits=httpx.Limits(
+                    max_connections=config.max_connections,
+                    max_keepalive_connections=config.max_connections,
+                ),
+                follow_redirects=False,
+                trust_env=config.trust_env,
+                headers={"user-agent": config.user_agent},
+            )
+        return self._client
+
+    async def post(self, url: str, where: str, limits: dict[str, Rate], **request: Any) -> Answer:
+        """Take a token for every endpoint in ``limits``, POST, and return the answer.
+
+        ``where`` names the endpoint in error messages (masked: no token).
+        Transport failures raise :class:`TransientError`.
+        """
+        await self.limiter.acquire(limits)
+        client = self._http()
+        timeout = self.config.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async with client.stream("POST", url, **request) as response:
+                    body = await _read_some(response)
+        except TimeoutError as exc:
+            raise TransientError(f"{where} timed out after {timeout:g} s") from exc
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{where} timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            # The exception text can hold the request URL, and with it a token: name the class only.
+            raise TransientError(f"{where} failed: {type(exc).__name__}") from exc
+        return Answer(response.status_code, response.headers, body)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+async def _read_some(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= MAX_ANSWER:
+                break
+    except httpx.DecodingError:
+        return b""
+    return b"".join(chunks)[:MAX_ANSWER]
+
+
+def status_error(status: int, where: str, detail: str = "", retry_after: float | None = None) -> DeliveryError:
+    """The default error class for a non-2xx status (see the module's table)."""
+    text = f"{where} answered {status}{f': {detail}' if detail else ''}"
+    if status == 429:
+        return RateLimitedError(text, retry_after=retry_after)
+    if status in (408, 425) or status >= 500:
+        return TransientError(text)
+    if 400 <= status < 500:
+        return PermanentError(text)
+    if 300 <= status < 400:
+        return PermanentError(f"{text} (redirects are not followed)")
+    return TransientError(f"{text} (unexpected status)")
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); None if unusable."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max((when - current).total_seconds(), 0.0)
+
+
+def seconds(value: Any) -> float | None:
+    """A JSON number of seconds (``retry_after`` in a body), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return max(number, 0.0) if math.isfinite(number) else None
+
+
+def excerpt(text: str | bytes, limit: int = _EXCERPT) -> str:
+    """One line of at most ``limit`` characters of an answer, for an error message."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def truncate(text: str, limit: int, ellipsis: str = "…") -> str:
+    """``text`` cut to at most ``limit`` characters, marked with ``ellipsis`` when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - len(ellipsis))].rstrip() + ellipsis
+
+
+def action(delivery: Delivery) -> tuple[str, str] | None:
+    """The call to action of a delivery, ``(label, url)``, from ``metadata`` ``action_url`` and
+    ``action_label``; None without one or when the URL is not http(s)."""
+    url = delivery.metadata.get("action_url", "").strip()
+    if not url.startswith(("https://", "http://")):
+        return None
+    label = delivery.metadata.get("action_label", "").strip() or "Open"
+    return label, url
