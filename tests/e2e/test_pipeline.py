@@ -201,7 +201,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_later_events_flow(pipeli
     assert by_reason == ["InvalidAddressError", "InvalidAddressError"]
     assert all("example.com" not in headers_of(m)[DLQ_MESSAGE].split("@")[0] for m in email_dlq)
     webhook_dlq = pipeline.read_topic(pipeline.settings.channel_dlq_topic("webhook"), expect=1)
-    assert [headers_of(m)[DLQ_REASON] for m in webhook_dlq] == ["PermanentError"]
+    assert [headers_of(m)[DLQ_REASON] for m in webhook_dlq] == ["InvalidAddressError"]
     assert "410" in headers_of(webhook_dlq[0])[DLQ_MESSAGE]
 
     # The good events after the bad ones still arrive, exactly once each.
