@@ -16,6 +16,7 @@ options whose name mentions a password, secret or key) never show in ``repr``,
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import cached_property
@@ -24,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import ConfigError
 
 ENV_PREFIX = "TIDINGS_"
 LIBRDKAFKA_PREFIX = "TIDINGS_LIBRDKAFKA_"
@@ -102,6 +105,11 @@ class Settings(BaseSettings):
     # Webhook
     webhook_signing_secret: SecretStr | None = None
     webhook_timeout: float = 10.0
+    webhook_auth: SecretStr | None = None
+    """JSON: URL prefix -> credential (bearer, basic or an API-key header); see docs/channels.md."""
+    webhook_allow_private: str = ""
+    """Comma-separated CIDR networks the SSRF guard lets through although they are not public."""
+    webhook_max_redirects: int = Field(default=0, ge=0, le=5)
 
     # In-app inbox (channels.inapp): the store, the API server and its user tokens
     inbox_max_items: int = Field(default=200, ge=1, le=10_000)
@@ -205,7 +213,13 @@ class Settings(BaseSettings):
                 "message_id_domain": self.smtp_message_id_domain,
             }
         if channel == "webhook":
-            return {"signing_secret": self.webhook_signing_secret, "timeout": self.webhook_timeout}
+            return {
+                "signing_secret": self.webhook_signing_secret,
+                "timeout": self.webhook_timeout,
+                "auth": self._webhook_auth(),
+                "allow_networks": tuple(n.strip() for n in self.webhook_allow_private.split(",") if n.strip()),
+                "max_redirects": self.webhook_max_redirects,
+            }
         if channel == "inapp":
             return {
                 "redis_url": SecretStr(self.redis_url),
@@ -218,6 +232,18 @@ class Settings(BaseSettings):
             return {k: v for k, v in provider.items() if v is not None}
         prefix = f"{ENV_PREFIX}{channel.upper()}_"
         return {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+
+    def _webhook_auth(self) -> dict[str, Any]:
+        if self.webhook_auth is None or not self.webhook_auth.get_secret_value().strip():
+            return {}
+        try:
+            value = json.loads(self.webhook_auth.get_secret_value())
+        except ValueError:
+            # The text is a secret: say where the JSON breaks, never what it holds.
+            raise ConfigError("TIDINGS_WEBHOOK_AUTH is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ConfigError("TIDINGS_WEBHOOK_AUTH must be a JSON object: URL prefix -> credential")
+        return value
 
     def _provider_config(self, channel: str) -> dict[str, Any] | None:
         if channel == "slack":

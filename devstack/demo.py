@@ -72,6 +72,7 @@ class Stack:
             "TIDINGS_WEBHOOK_SIGNING_SECRET": SECRET,
             "TIDINGS_INBOX_SECRET": INBOX_SECRET,
             "TIDINGS_INBOX_PORT": str(INBOX_PORT),
+            "TIDINGS_WEBHOOK_ALLOW_PRIVATE": "127.0.0.0/8",  # the local receiver; the SSRF guard refuses loopback
             "TIDINGS_SEND_ATTEMPTS": "2",
             "TIDINGS_RETRY_BACKOFF": "0.2",
             "TIDINGS_BATCH_SIZE": "200",

@@ -25,6 +25,8 @@ from schemas.errors import (
 
 from .helpers import send_each
 
+LOOPBACK = ("127.0.0.0/8",)  # the SSRF guard refuses loopback unless allow-listed
+
 
 async def send_all(cfg: WebhookConfig, *deliveries: Delivery) -> list[Any]:
     return await send_each(WebhookChannel(cfg), deliveries, DeliveryError)
@@ -36,12 +38,14 @@ def send_one(cfg: WebhookConfig, delivery: Delivery) -> Any:
 
 @pytest.fixture
 def signed(webhook_secret: str) -> WebhookConfig:
-    return WebhookConfig(signing_secret=webhook_secret, timeout=2.0, connect_timeout=1.0, trust_env=False)
+    return WebhookConfig(
+        signing_secret=webhook_secret, timeout=2.0, connect_timeout=1.0, trust_env=False, allow_networks=LOOPBACK
+    )
 
 
 @pytest.fixture
 def unsigned() -> WebhookConfig:
-    return WebhookConfig(timeout=2.0, connect_timeout=1.0, trust_env=False)
+    return WebhookConfig(timeout=2.0, connect_timeout=1.0, trust_env=False, allow_networks=LOOPBACK)
 
 
 def hook(make_delivery: Any, url: str, **fields: Any) -> Delivery:
@@ -113,7 +117,7 @@ def test_no_signature_without_a_secret(
 
 
 def test_wrong_secret_is_refused_by_the_receiver(webhook_sink: WebhookSink, make_delivery: Any) -> None:
-    cfg = WebhookConfig(signing_secret="whsec_" + "QUFBQUFBQUFBQUFBQUFBQQ==", trust_env=False)
+    cfg = WebhookConfig(signing_secret="whsec_" + "QUFBQUFBQUFBQUFBQUFBQQ==", trust_env=False, allow_networks=LOOPBACK)
 
     error = send_one(cfg, hook(make_delivery, webhook_sink.url("/x")))
 
@@ -257,7 +261,9 @@ def test_429_without_retry_after(make_delivery: Any, unsigned: WebhookConfig) ->
 def test_slow_receiver_times_out_as_transient(
     webhook_sink: WebhookSink, webhook_secret: str, make_delivery: Any
 ) -> None:
-    cfg = WebhookConfig(signing_secret=webhook_secret, timeout=0.3, connect_timeout=0.3, trust_env=False)
+    cfg = WebhookConfig(
+        signing_secret=webhook_secret, timeout=0.3, connect_timeout=0.3, trust_env=False, allow_networks=LOOPBACK
+    )
     started = time.monotonic()
 
     error = send_one(cfg, hook(make_delivery, webhook_sink.url("/slow")))
@@ -284,7 +290,7 @@ def test_receiver_down_is_transient(closed_port: int, signed: WebhookConfig, mak
 
 
 def test_receiver_that_never_answers_times_out(silent_port: int, make_delivery: Any) -> None:
-    cfg = WebhookConfig(timeout=0.3, connect_timeout=0.3, trust_env=False)
+    cfg = WebhookConfig(timeout=0.3, connect_timeout=0.3, trust_env=False, allow_networks=LOOPBACK)
     started = time.monotonic()
 
     error = send_one(cfg, hook(make_delivery, f"http://127.0.0.1:{silent_port}/x"))
@@ -325,7 +331,7 @@ def test_errors_mask_the_url(webhook_sink: WebhookSink, signed: WebhookConfig, m
 
 
 def test_secret_is_hidden_in_config_repr(webhook_secret: str) -> None:
-    cfg = WebhookConfig(signing_secret=webhook_secret)
+    cfg = WebhookConfig(signing_secret=webhook_secret, allow_networks=LOOPBACK)
 
     for text in (repr(cfg), str(cfg), cfg.model_dump_json()):
         assert webhook_secret not in text

@@ -10,6 +10,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic_settings import SettingsError
 
 from consumers.settings import Settings, mask_options, mask_url_password
+from schemas.errors import ConfigError
 
 SECRETS = {
     "TIDINGS_SMTP_PASSWORD": "smtp-pw-7d1e",
@@ -313,7 +314,26 @@ def test_channel_config_for_builtin_channels(monkeypatch: pytest.MonkeyPatch) ->
         "mail.internal", 2525, None, "none",
     )
     assert email["from_address"] == "Tidings <notifications@localhost>"
-    assert s.channel_config("webhook") == {"signing_secret": None, "timeout": 3.5}
+    assert s.channel_config("webhook") == {
+        "signing_secret": None, "timeout": 3.5, "auth": {}, "allow_networks": (), "max_redirects": 0,
+    }
+
+
+def test_webhook_auth_and_allow_list_reach_the_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_WEBHOOK_AUTH", '{"https://api.example.com/": {"type": "bearer", "token": "tok-123"}}')
+    monkeypatch.setenv("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "10.0.0.0/8, 127.0.0.1")
+    s = Settings()
+    config = s.channel_config("webhook")
+    assert config["allow_networks"] == ("10.0.0.0/8", "127.0.0.1")
+    assert config["auth"]["https://api.example.com/"]["token"] == "tok-123"
+    assert "tok-123" not in repr(s) + str(s.describe())
+
+
+def test_webhook_auth_that_is_not_json_names_the_setting_not_the_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDINGS_WEBHOOK_AUTH", "{token: s3cret-value")
+    with pytest.raises(ConfigError, match="TIDINGS_WEBHOOK_AUTH is not valid JSON") as caught:
+        Settings().channel_config("webhook")
+    assert "s3cret" not in str(caught.value)
 
 
 def test_channel_config_for_other_channels_reads_their_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

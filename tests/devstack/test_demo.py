@@ -57,7 +57,7 @@ def test_run_prints_deliveries_and_dead_letters_then_stops_what_it_started(tmp_p
     assert "u-kurt     email    Neuer Treffer: Logician bei IAS Princeton (88 %)" in text
     assert "oncall     webhook  [CRITICAL] router: Consumer lag above 10000 for 5 minutes" in text
     assert "u-edsger   email    [dead-lettered: InvalidAddressError" in text
-    assert "u-edsger   webhook  [dead-lettered: PermanentError" in text
+    assert "u-edsger   webhook  [dead-lettered: InvalidAddressError" in text
     assert "router   [dead-lettered: DecodeError" in text
     assert "u-grace    webhook" not in text  # she opted out of webhooks
     assert "u-ada      inapp    New match: Analytical Engineer at Babbage & Co (91%)" in text

@@ -185,8 +185,8 @@ def _webhook(stack: ExitStack) -> Harness:
     return Harness(lambda scenario: WebhookChannel(config), address, sink.received, secrets=())
 
 
-_LOOPBACK_ALLOWED: dict[str, Any] = {}
-"""Extra webhook settings the suite needs (the SSRF allow-list for loopback, once the guard exists)."""
+_LOOPBACK_ALLOWED: dict[str, Any] = {"allow_networks": ("127.0.0.0/8",)}
+"""The SSRF guard refuses loopback: the suite's receivers are allow-listed explicitly."""
 
 
 # ------------------------------------------------------------- providers

@@ -1,50 +1,20 @@
-"""Webhooks: one signed JSON POST per delivery (Standard Webhooks headers).
-
-Request: ``POST <delivery.address>`` with the body ``delivery.payload`` sent
-byte for byte (the router renders it as JSON). Without a payload the body is
-this default document::
-
-    {"id": "<delivery id>", "type": "<event type>", "source": "<event source>",
-     "subject": "<metadata['subject'] or null>", "time": "<event time, ISO 8601>",
-     "recipient": "<recipient id>", "title": "<delivery subject>", "text": "<delivery text>"}
-
-Headers: ``content-type: application/json``, ``user-agent``, ``webhook-id``
-(the delivery id, stable across retries: receivers drop duplicates by it),
-``webhook-timestamp`` (Unix seconds) and, with a ``signing_secret``,
-``webhook-signature`` (see :mod:`channels.signing`).
-
-Outcomes, by answer:
-
-==========================  ==============================================
-2xx                          :class:`Sent`, ``provider_id`` = the JSON ``id`` if any
-3xx                          ``PermanentError``: redirects are not followed
-408, 425, 5xx                ``TransientError``
-429                          ``RateLimitedError`` with ``retry_after`` from Retry-After
-404, 410                     ``InvalidAddressError``: nobody receives at this URL
-other 4xx                    ``PermanentError`` with the status and a body excerpt
-timeout, connection error    ``TransientError``
-not an http(s) URL           ``InvalidAddressError``, before any request
-==========================  ==============================================
-
-``timeout`` bounds one whole attempt (connect, send, answer); only the first
-64 KiB of an answer are read.
-"""
+"""The webhook channel: sign, authenticate, guard, POST, follow allowed redirects, classify."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_url
+from channels.http import excerpt, parse_retry_after
+from channels.netguard import NetworkGuard, parse_networks
 from channels.signing import secret_key, sign
+from channels.webhook.auth import WebhookAuth, credential_for
 from schemas import Delivery
 from schemas.errors import (
     DeliveryError,
@@ -54,14 +24,12 @@ from schemas.errors import (
     TransientError,
 )
 
-__all__ = ["WebhookChannel", "WebhookConfig", "default_body", "parse_retry_after"]
-
 _MAX_ANSWER = 64 * 1024
-_EXCERPT = 200
+_FOLLOWED = (307, 308)  # the redirects that keep the method and the body
 
 
 class WebhookConfig(ChannelConfig):
-    """HTTP settings. ``signing_secret`` is a SecretStr: hidden in repr and logs."""
+    """HTTP settings. Secrets are SecretStr: hidden in repr and logs."""
 
     signing_secret: SecretStr | None = None
     """``whsec_<base64>`` (or a literal string; see :mod:`channels.signing`)."""
@@ -72,6 +40,27 @@ class WebhookConfig(ChannelConfig):
     user_agent: str = "Tidings/0.1"
     trust_env: bool = True
     """Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."""
+    auth: dict[str, WebhookAuth] = Field(default_factory=dict)
+    """URL prefix -> credential (see :mod:`channels.webhook.auth`)."""
+    allow_networks: tuple[str, ...] = ()
+    """CIDR networks the SSRF guard lets through although they are not public."""
+    max_redirects: int = Field(default=0, ge=0, le=5)
+    """307/308 redirects followed per attempt; 0 refuses every redirect."""
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _prefixes(cls, value: dict[str, WebhookAuth]) -> dict[str, WebhookAuth]:
+        for prefix in value:
+            url = httpx.URL(prefix)
+            if url.scheme not in ("http", "https") or not url.host:
+                raise ValueError(f"auth prefix {mask_url(prefix)!r} is not an http(s) URL with a host")
+        return value
 
 
 def default_body(delivery: Delivery) -> bytes:
@@ -89,27 +78,6 @@ def default_body(delivery: Delivery) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date); None if unusable."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now or datetime.now(UTC)
-    return max((when - current).total_seconds(), 0.0)
-
-
 class WebhookChannel(Channel):
     name: ClassVar[str] = "webhook"
     config_model: ClassVar[type[ChannelConfig]] = WebhookConfig
@@ -123,6 +91,7 @@ class WebhookChannel(Channel):
         self._secret = config.signing_secret.get_secret_value() if config.signing_secret else None
         if self._secret is not None:
             secret_key(self._secret)  # fail at start on a malformed secret
+        self.guard = NetworkGuard(config.allow_networks)
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
@@ -158,18 +127,45 @@ class WebhookChannel(Channel):
         masked = mask_url(delivery.address)
         body = delivery.payload.encode() if delivery.payload is not None else default_body(delivery)
         headers = self.request_headers(delivery, body, int(time.time()))
-        client = self._http()
+        credential = credential_for(url, self.config.auth)
         try:
             async with asyncio.timeout(self.config.timeout):
-                async with client.stream("POST", url, content=body, headers=headers) as response:
-                    answer = await _read_some(response)
+                status, answer_headers, answer = await self._post(url, body, headers, credential, masked)
         except TimeoutError as exc:
             raise TransientError(f"webhook {masked} timed out after {self.config.timeout:g} s") from exc
         except httpx.TimeoutException as exc:
             raise TransientError(f"webhook {masked} timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise TransientError(f"webhook {masked} failed: {type(exc).__name__}: {exc}") from exc
-        return _outcome(response, answer, masked)
+            raise TransientError(f"webhook {masked} failed: {type(exc).__name__}") from exc
+        if 200 <= status < 300:
+            return Sent(provider_id=_answer_id(answer))
+        raise _failure(status, answer_headers, answer, masked)
+
+    async def _post(
+        self, url: httpx.URL, body: bytes, headers: dict[str, str], credential: WebhookAuth | None, masked: str
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """POST, following allowed redirects; every hop goes through the guard."""
+        origin = (url.scheme, url.host, url.port)
+        for hop in range(self.config.max_redirects + 1):
+            target = await self.guard.resolve(url)
+            sent_headers = dict(headers)
+            sent_headers["host"] = url.netloc.decode("ascii")
+            if credential is not None and (url.scheme, url.host, url.port) == origin:
+                sent_headers.update(credential.headers())
+            extensions = {"sni_hostname": target.host} if url.scheme == "https" else {}
+            client = self._http()
+            async with client.stream(
+                "POST", target.url, content=body, headers=sent_headers, extensions=extensions
+            ) as response:
+                answer = await _read_some(response)
+            location = response.headers.get("location")
+            if response.status_code not in _FOLLOWED or not location or hop == self.config.max_redirects:
+                return response.status_code, response.headers, answer
+            try:
+                url = _check_url(str(url.join(location)))
+            except InvalidAddressError as exc:
+                raise InvalidAddressError(f"webhook {masked} redirected to an unusable URL") from exc
+        raise AssertionError("unreachable: the loop returns on its last hop")
 
     async def aclose(self) -> None:
         self._closed = True
@@ -203,26 +199,20 @@ async def _read_some(response: httpx.Response) -> bytes:
     return b"".join(chunks)[:_MAX_ANSWER]
 
 
-def _outcome(response: httpx.Response, answer: bytes, masked: str) -> Sent:
-    status = response.status_code
-    if 200 <= status < 300:
-        return Sent(provider_id=_answer_id(answer))
-    raise _failure(status, response.headers, answer, masked)
-
-
 def _failure(status: int, headers: httpx.Headers, answer: bytes, masked: str) -> DeliveryError:
     where = f"webhook {masked} answered {status}"
+    detail = f": {excerpt(answer)}" if answer.strip() else ""
     if 300 <= status < 400:
         return PermanentError(f"{where}: redirect not followed (update the URL)")
     if status == 429:
         retry_after = parse_retry_after(headers.get("retry-after"))
-        return RateLimitedError(f"{where}: rate limited{_excerpt(answer)}", retry_after=retry_after)
+        return RateLimitedError(f"{where}: rate limited{detail}", retry_after=retry_after)
     if status in (408, 425) or status >= 500:
-        return TransientError(f"{where}{_excerpt(answer)}")
+        return TransientError(f"{where}{detail}")
     if status in (404, 410):
-        return InvalidAddressError(f"{where}: no receiver at this URL{_excerpt(answer)}")
+        return InvalidAddressError(f"{where}: no receiver at this URL{detail}")
     if 400 <= status < 500:
-        return PermanentError(f"{where}{_excerpt(answer)}")
+        return PermanentError(f"{where}{detail}")
     return TransientError(f"{where}: unexpected status")
 
 
@@ -236,12 +226,3 @@ def _answer_id(answer: bytes) -> str | None:
         if isinstance(value, str | int) and not isinstance(value, bool):
             return str(value)
     return None
-
-
-def _excerpt(answer: bytes) -> str:
-    text = " ".join(answer.decode("utf-8", "replace").split())
-    if not text:
-        return ""
-    if len(text) > _EXCERPT:
-        text = text[: _EXCERPT - 3] + "..."
-    return f": {text}"
