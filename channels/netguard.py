@@ -94,7 +94,7 @@ class NetworkGuard:
             return "a link-local address"
         if address.is_private:
             return "a private address"
-        if address.is_multicast or address.is_unspecified or address.is_reserved or not address.is_global:
+        if address.is_multicast or address.is_reserved or not address.is_global:
             return "not a public address"
         return None
 
