@@ -254,3 +254,29 @@ def test_the_router_mounts_rules_and_every_template() -> None:
         assert config[item["key"]] == (repo_config / item["path"]).read_text()
     on_disk = {str(p.relative_to(repo_config)) for p in (repo_config / "templates").rglob("*") if p.is_file()}
     assert on_disk <= {i["path"] for i in items}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_inbox_api_is_served_probed_and_reachable(overlay: str) -> None:
+    inbox = of_kind(overlay, "Deployment")["tidings-inbox"]
+    c = container(inbox)
+    args = parser().parse_args(c["args"])
+    assert (args.command, args.action, args.host) == ("inbox", "serve", "0.0.0.0")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": args.port}
+    assert c["livenessProbe"]["httpGet"] == c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    secret_refs = [s["secretRef"] for s in c["envFrom"] if "secretRef" in s]
+    assert secret_refs == [{"name": "tidings-inbox"}]  # required: the API refuses to start without its key
+    pod_labels = inbox["spec"]["template"]["metadata"]["labels"]
+    service = of_kind(overlay, "Service")["tidings-inbox"]
+    assert _selects(service["spec"]["selector"], pod_labels)
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    budget = of_kind(overlay, "PodDisruptionBudget")["tidings-inbox"]
+    assert _selects(budget["spec"]["selector"]["matchLabels"], pod_labels)
+    assert inbox["spec"]["replicas"] > budget["spec"]["maxUnavailable"]
+    redis_policy = of_kind(overlay, "NetworkPolicy")["tidings-redis"]
+    allowed = [peer["podSelector"]["matchLabels"] for rule in redis_policy["spec"]["ingress"] for peer in rule["from"]]
+    assert any(_selects(sel, pod_labels) for sel in allowed), "the inbox API cannot reach Redis"
+    if overlay == "overlays/dev":
+        secret = of_kind(overlay, "Secret")["tidings-inbox"]["stringData"]["TIDINGS_INBOX_SECRET"]
+        assert len(secret) >= 16
