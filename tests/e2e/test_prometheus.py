@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka import Producer
+from pydantic import SecretStr
 
 from devstack import infra
 
-from .conftest import SECRET, Pipeline
+from .conftest import Pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -106,14 +107,16 @@ def wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def process_env(pipeline: Pipeline, port: int) -> dict[str, str]:
+    """The pipeline fixture's settings as TIDINGS_* variables, with this process's metrics port."""
     s = pipeline.settings
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    return {**clean,
-            "TIDINGS_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "TIDINGS_REDIS_URL": s.redis_url,
-            "TIDINGS_TOPIC_PREFIX": s.topic_prefix, "TIDINGS_GROUP_PREFIX": s.group_prefix,
-            "TIDINGS_RULES": str(s.rules), "TIDINGS_SMTP_HOST": s.smtp_host, "TIDINGS_SMTP_PORT": str(s.smtp_port),
-            "TIDINGS_WEBHOOK_SIGNING_SECRET": SECRET, "TIDINGS_SEND_ATTEMPTS": "2", "TIDINGS_RETRY_BACKOFF": "0.05",
-            "TIDINGS_POLL_TIMEOUT": "0.2", "TIDINGS_METRICS_HOST": "127.0.0.1", "TIDINGS_METRICS_PORT": str(port)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    for name in s.model_fields_set:
+        value = getattr(s, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"TIDINGS_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
+    env.update({"TIDINGS_METRICS_HOST": "127.0.0.1", "TIDINGS_METRICS_PORT": str(port)})
+    return env
 
 
 @pytest.fixture
