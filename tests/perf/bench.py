@@ -767,6 +767,8 @@ def table(results: list[Result]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # SIGTERM unwinds like Ctrl-C, so that the servers and processes the bench started are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     only = [x.strip().upper() for x in args.only.split(",")] if args.only else list(ALL)
     started = time.perf_counter()
     env = environment()
@@ -825,12 +827,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--only", help="comma-separated subset of B1,B2,B3,B4,B6 (B5 comes with B1 and B2)")
+    p.add_argument("--set", action="append", default=[], metavar="SIZE=N",
+                   help=f"override one size of the scale ({', '.join(SCALES['full'])}); say so when quoting")
     p.add_argument("--kafka", default=os.environ.get("TIDINGS_BENCH_KAFKA", "127.0.0.1:9092"))
     p.add_argument("--redis", default=os.environ.get("TIDINGS_BENCH_REDIS"),
                    help="Redis URL to use (default: a private redis-server on a free port)")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--keep-logs", help="directory for the processes' logs (default: a temporary one)")
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SCALES[args.scale] or not value.isdigit():
+            p.error(f"--set {item}: expected SIZE=N with SIZE one of {', '.join(SCALES[args.scale])}")
+        SCALES[args.scale] = {**SCALES[args.scale], key: int(value)}
+    return run(args)
 
 
 if __name__ == "__main__":
