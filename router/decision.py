@@ -70,6 +70,10 @@ def event_context(ce: CloudEvent) -> dict[str, Any]:
     }
 
 
+# One encoder for every payload (json.dumps with options builds a new one per call).
+_to_json = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
+
+
 def webhook_payload(event: Event, delivery_fields: Mapping[str, Any], rendered: Rendered) -> str:
     """The documented webhook body (docs/webhooks.md)."""
     body = {
@@ -86,7 +90,7 @@ def webhook_payload(event: Event, delivery_fields: Mapping[str, Any], rendered: 
         "text": rendered.text,
         "data": dict(event.data),
     }
-    return json.dumps(body, separators=(",", ":"), default=str, ensure_ascii=False)
+    return _to_json(body)
 
 
 def route(

@@ -339,3 +339,20 @@ def test_safe_attribute_access_still_works(tmp_path: Path) -> None:
     _write(tmp_path, "t", subject="{{ data.account.name | upper }}", text="{{ data.words | join(', ') }}")
     out = Renderer(tmp_path).render("t", _ctx({"account": _Account(), "words": ["a", "b"]}))
     assert (out.subject, out.text) == ("ACCT", "a, b\n")
+
+
+def test_dict_lookups_keep_jinja_semantics(tmp_path: Path) -> None:
+    # data.field reads the item; a key named like a dict method still gives the method
+    # (attribute first, as Jinja does); a dunder stays refused; the sandbox's ranges and
+    # globals still work after the template's globals are flattened.
+    _write(tmp_path, "t", subject="s",
+           text="{{ data.title }}|{{ data._private }}|{{ data.items is callable }}|{{ data.items() | length }}|"
+                "{{ range(3) | list | length }}|{{ data.nested.deep }}")
+    data = {"title": "T", "_private": "p", "items": "shadowed", "nested": {"deep": "d"}}
+    assert Renderer(tmp_path).render("t", _ctx(data)).text == "T|p|True|4|3|d\n"
+    _write(tmp_path, "u", subject="s", text="{{ data.__class__ }}")
+    with pytest.raises(TemplateError, match="unsafe"):
+        Renderer(tmp_path).render("u", _ctx({"__class__": "x"}))
+    _write(tmp_path, "v", subject="s", text="{{ data.missing }}")
+    with pytest.raises(TemplateError, match="missing"):
+        Renderer(tmp_path).render("v", _ctx({}))
