@@ -32,6 +32,9 @@ return 0
 """
 
 
+_PARSED_MAX = 50_000
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """Outcome of claiming one event identity."""
@@ -61,6 +64,9 @@ class RouterState:
     def __init__(self, redis: Redis, claim_ttl_seconds: int) -> None:
         self.redis = redis
         self.claim_ttl = claim_ttl_seconds
+        # Parsed recipients by their stored document: validating the same JSON again for
+        # every batch was the larger part of a load. A changed document is parsed afresh.
+        self._parsed: dict[bytes | str, Recipient] = {}
         self._release = redis.register_script(_RELEASE)
 
     def load(
@@ -70,7 +76,9 @@ class RouterState:
         wanted = list(dict.fromkeys(recipients))
         pipe = self.redis.pipeline(transaction=False)
         for event_key, owner in claims:
-            pipe.set(keys.claim(event_key), owner, nx=True, get=True, ex=self.claim_ttl)
+            # SET key owner NX GET EX ttl, without redis-py's per-call argument handling
+            pipe.execute_command("SET", keys.claim(event_key), owner, "NX", "GET", "EX", self.claim_ttl,
+                                 get=True)  # type: ignore[no-untyped-call]
         for tenant, user in wanted:
             pipe.get(keys.recipient(tenant, user))
         results = pipe.execute()
@@ -88,8 +96,15 @@ class RouterState:
             if raw is None:
                 snap.recipients[ref] = None
                 continue
+            known = self._parsed.get(raw)
+            if known is not None:
+                snap.recipients[ref] = known
+                continue
             try:
-                snap.recipients[ref] = Recipient.from_json(raw)
+                snap.recipients[ref] = known = Recipient.from_json(raw)
+                if len(self._parsed) >= _PARSED_MAX:
+                    self._parsed.clear()
+                self._parsed[raw] = known
             except ValidationError as exc:
                 snap.recipients[ref] = None
                 snap.problems[ref] = f"stored recipient document is invalid: {exc.errors()[0]['msg']}"

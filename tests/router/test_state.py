@@ -135,6 +135,20 @@ def test_corrupted_recipient_is_none_with_a_problem(state: RouterState, redis_cl
     assert ("default", "u-ok") not in snap.problems
 
 
+def test_a_changed_recipient_is_read_afresh(state: RouterState, redis_client: Redis) -> None:
+    store = RecipientStore(redis_client)
+    store.put_many([Recipient(id="u-1", locale="en", contacts={"email": "a@example.com"})])
+    first = state.load([], [("default", "u-1")]).recipients[("default", "u-1")]
+    again = state.load([], [("default", "u-1")]).recipients[("default", "u-1")]
+    assert again is first  # the same document is parsed once
+    store.put_many([Recipient(id="u-1", locale="de", contacts={"email": "b@example.com"})])
+    changed = state.load([], [("default", "u-1")]).recipients[("default", "u-1")]
+    assert changed is not None and changed.locale == "de" and changed.address("email") == "b@example.com"
+    redis_client.set(keys.recipient("default", "u-1"), b"{not json")
+    snap = state.load([], [("default", "u-1")])
+    assert snap.recipients[("default", "u-1")] is None and ("default", "u-1") in snap.problems
+
+
 # -- one round trip ------------------------------------------------------------------------
 
 
