@@ -124,6 +124,7 @@ class DiscordChannel(HttpChannel):
             {key: self.rate, GLOBAL: Rate(50.0, 50.0)},
             content=body,
             headers={"content-type": "application/json"},
+            delivery_id=delivery.delivery_id,
         )
         self._follow_headers(key, answer)
         document = answer.json()

@@ -165,12 +165,18 @@ class HttpChannel(Channel):
             )
         return self._client
 
-    async def post(self, url: str, where: str, limits: dict[str, Rate], **request: Any) -> Answer:
+    async def post(
+        self, url: str, where: str, limits: dict[str, Rate], delivery_id: str | None = None, **request: Any
+    ) -> Answer:
         """Take a token for every endpoint in ``limits``, POST, and return the answer.
 
-        ``where`` names the endpoint in error messages (masked: no token).
-        Transport failures raise :class:`TransientError`.
+        ``where`` names the endpoint in error messages (masked: no token). The
+        delivery id travels as ``x-tidings-delivery-id``: providers ignore it,
+        proxies and the local stand-ins log it. Transport failures raise
+        :class:`TransientError`.
         """
+        if delivery_id is not None:
+            request["headers"] = {**request.get("headers", {}), "x-tidings-delivery-id": delivery_id}
         await self.limiter.acquire(limits)
         client = self._http()
         timeout = self.config.timeout

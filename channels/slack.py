@@ -119,6 +119,7 @@ class SlackChannel(HttpChannel):
             {f"slack:{path}": self.rate},
             content=body,
             headers={"content-type": "application/json; charset=utf-8"},
+            delivery_id=delivery.delivery_id,
         )
         text = answer.text().strip()
         if answer.ok:

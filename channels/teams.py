@@ -131,6 +131,7 @@ class TeamsChannel(HttpChannel):
             {f"teams:{endpoint}": self.rate},
             content=encoded_body(delivery),
             headers={"content-type": "application/json"},
+            delivery_id=delivery.delivery_id,
         )
         text = answer.text().strip()
         if answer.ok:

@@ -131,6 +131,7 @@ class TelegramChannel(HttpChannel):
             {"telegram:bot": self.rate, chat_key: self._chat_rate},
             content=json.dumps(telegram_body(delivery, chat), ensure_ascii=False).encode(),
             headers={"content-type": "application/json"},
+            delivery_id=delivery.delivery_id,
         )
         document = answer.json()
         info: dict[str, Any] = document if isinstance(document, dict) else {}

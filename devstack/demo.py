@@ -2,7 +2,9 @@
 
 Starts (or reuses) local Kafka and Redis, creates the topics, loads the demo
 recipients, starts the local SMTP sink and webhook receiver, the router and
-the email, webhook and in-app consumers and the inbox server, then publishes ``config/demo-events.yaml``.
+the email, webhook and in-app consumers and the inbox server, the Slack, Discord,
+Telegram, Teams and SMS consumers against a local stand-in that speaks those
+providers' APIs (:mod:`devstack.providers`), then publishes ``config/demo-events.yaml``.
 
 * ``run``: prints each delivery as it lands, until Ctrl-C.
 * ``demo``: waits until every expected outcome is observed at the sinks and in
@@ -46,6 +48,25 @@ INBOX_SECRET = "demo-inbox-token-secret-not-for-production"  # noqa: S105 - a pu
 INBOX_USERS = ("u-ada", "u-grace")  # the demo recipients who get an inapp contact
 INBOX_RULES = ("job-match", "application-status")  # the demo rules that also notify in-app
 INAPP_METRICS_PORT = 9420
+PROVIDERS_PORT = int(os.environ.get("TIDINGS_DEMO_PROVIDERS_PORT", "8026"))
+CHAT_CHANNELS = ("slack", "discord", "telegram", "teams", "sms")
+CHAT_METRICS_PORTS = dict(zip(CHAT_CHANNELS, range(9403, 9408), strict=True))
+CHAT_RULES = {"system-alert": CHAT_CHANNELS, "job-match": ("telegram", "sms")}
+"""The demo rules that also notify on the chat and SMS channels (added in write_demo_config)."""
+CHAT_CONTACTS = {
+    "oncall": {
+        "slack": "https://hooks.slack.com/services/T0DEMO/B0ONCALL/oncallroomsecret",
+        "discord": "https://discord.com/api/webhooks/1100000000000000001/oncall-room-token",
+        "telegram": "@oncall_room",
+        "teams": "https://demo.webhook.office.com/webhookb2/demo@tenant/IncomingWebhook/oncall/room",
+        "sms": "+15550100100",
+    },
+    "u-ada": {"telegram": "@ada_lovelace", "sms": "+447700900123"},
+    "u-edsger": {"sms": "+31612345678"},
+}
+"""Chat and SMS contact points of the demo recipients; the stand-in answers Edsger's number as
+unsubscribed (Twilio's 21610), so that delivery is dead-lettered."""
+UNSUBSCRIBED = "+31612345678"
 SECRET = "whsec_" + "ZGVtby1zaWduaW5nLXNlY3JldC1ub3QtZm9yLXByb2R1Y3Rpb24="
 REFUSED = "edsger@refused.example.com"
 GONE_PATH = "/gone/edsger"
@@ -73,6 +94,7 @@ class Stack:
             "TIDINGS_INBOX_SECRET": INBOX_SECRET,
             "TIDINGS_INBOX_PORT": str(INBOX_PORT),
             "TIDINGS_WEBHOOK_ALLOW_PRIVATE": "127.0.0.0/8",  # the local receiver; the SSRF guard refuses loopback
+            **provider_env(),
             "TIDINGS_SEND_ATTEMPTS": "2",
             "TIDINGS_RETRY_BACKOFF": "0.2",
             "TIDINGS_BATCH_SIZE": "200",
@@ -214,19 +236,23 @@ def main(argv: list[str] | None = None) -> int:
                        env=env, check=True, cwd=REPO)
         stack.start("sinks", [sys.executable, "-m", "devstack.sinks", "--smtp-port", str(SMTP_PORT),
                               "--http-port", str(HTTP_PORT), "--secret", SECRET, "--record", str(record),
-                              "--refuse", REFUSED, "--status", f"{GONE_PATH}=410"],
+                              "--refuse", REFUSED, "--status", f"{GONE_PATH}=410",
+                              "--providers-port", str(PROVIDERS_PORT), "--fault", f"{UNSUBSCRIBED}=gone"],
                     inherit_stdout=False)
         stack.start("router", tidings("router"), port=9400)
         stack.start("deliver-email", tidings("deliver", "email"), port=9401)
         stack.start("deliver-webhook", tidings("deliver", "webhook"), port=9402)
         stack.start("deliver-inapp", tidings("deliver", "inapp"), port=INAPP_METRICS_PORT)
         stack.start("inbox", tidings("inbox", "serve"))
-        _wait_ready([9400, 9401, 9402, INAPP_METRICS_PORT], stack, timeout=60)
+        for channel, port in CHAT_METRICS_PORTS.items():
+            stack.start(f"deliver-{channel}", tidings("deliver", channel), port=port)
+        _wait_ready([9400, 9401, 9402, INAPP_METRICS_PORT, *CHAT_METRICS_PORTS.values()], stack, timeout=90)
         _wait_inbox(stack, timeout=30)
 
         events = load_events()
         want = expected(events)
-        dlq_topics = ["tidings.router.dlq", "tidings.deliver.email.dlq", "tidings.deliver.webhook.dlq"]
+        dlq_topics = ["tidings.router.dlq", "tidings.deliver.email.dlq", "tidings.deliver.webhook.dlq",
+                      *(f"tidings.deliver.{channel}.dlq" for channel in CHAT_CHANNELS)]
         start_offsets = dlq_ends(env, dlq_topics)
         run_id = uuid.uuid4().hex[:8]
         published = publish(env, events, run_id)
@@ -235,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(Ctrl-C stops everything). Metrics: http://127.0.0.1:9400/metrics", flush=True)
             print(f"Inbox page for u-ada (bell, live updates): {inbox_url('u-ada')}", flush=True)
             shown: set[str] = set()
-            people = {r["contacts"].get("email"): r["id"] for r in _recipients()}
+            people = contact_owners(recipients)
             printed = 0
             reader = dead_letter_reader(env, start_offsets)
             try:
@@ -288,15 +314,19 @@ def main(argv: list[str] | None = None) -> int:
         record.unlink(missing_ok=True)
 
 
-def _recipients() -> list[dict[str, Any]]:
-    return list(yaml.safe_load((REPO / "config" / "recipients.yaml").read_text())["recipients"])
-
 
 def describe(rec: dict[str, Any], people: dict[str, str]) -> str:
     """One line per delivery that landed: user, channel, subject."""
-    if rec.get("kind") == "email":
+    kind = rec.get("kind")
+    if kind == "email":
         to = (rec.get("to") or ["?"])[0]
         return f"{people.get(to, to):10} email    {rec.get('subject')}"
+    if kind in CHAT_CHANNELS:
+        who = people.get(f"{kind}:{rec.get('target')}", "?")
+        status = rec.get("status")
+        ok = status is not None and 200 <= status < 300 and not rec.get("fault")
+        note = "" if ok else f"  [answered {status}: will be dead-lettered]"
+        return f"{who:10} {kind:8} {rec.get('title')}{note}"
     raw = rec.get("body")
     body: dict[str, Any] = raw if isinstance(raw, dict) else {}
     status = rec.get("status")
@@ -336,11 +366,12 @@ def observe(record: Path, env: dict[str, str], start: dict[tuple[str, int], int]
     seen: Counter[str] = Counter()
     ids: Counter[str] = Counter()
     for rec in sink_records(record):
-        status = rec.get("status", 250) if rec.get("kind") == "webhook" else 250
-        if status is None or (not 200 <= status < 300 and rec.get("kind") == "webhook"):
+        status = rec.get("status", 250) if rec.get("kind") != "email" else 250
+        if status is None or (not 200 <= status < 300 and rec.get("kind") != "email") or rec.get("fault"):
             continue
         seen[f"{rec['kind']}:delivered"] += 1
-        ids[str(rec.get("delivery_id"))] += 1
+        if rec.get("delivery_id"):
+            ids[str(rec["delivery_id"])] += 1
     dupes = sum(n - 1 for n in ids.values() if n > 1)
     if dupes:
         seen["duplicates"] = dupes
@@ -350,6 +381,36 @@ def observe(record: Path, env: dict[str, str], start: dict[tuple[str, int], int]
             channel = "router" if topic.endswith("router.dlq") else topic.split(".")[-2]
             seen[f"{channel}:dead_lettered"] += n
     return seen
+
+
+def provider_env() -> dict[str, str]:
+    """Point every chat and SMS channel at the local stand-in, with the credentials it expects."""
+    from devstack.providers import TELEGRAM_TOKEN, TWILIO_ACCOUNT, TWILIO_TOKEN
+
+    base = f"http://127.0.0.1:{PROVIDERS_PORT}"
+    return {
+        "TIDINGS_SLACK_BASE_URL": base,
+        "TIDINGS_DISCORD_BASE_URL": base,
+        "TIDINGS_TEAMS_BASE_URL": base,
+        "TIDINGS_TELEGRAM_BASE_URL": base,
+        "TIDINGS_TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN,
+        "TIDINGS_SMS_BASE_URL": base,
+        "TIDINGS_SMS_ACCOUNT_SID": TWILIO_ACCOUNT,
+        "TIDINGS_SMS_AUTH_TOKEN": TWILIO_TOKEN,
+        "TIDINGS_SMS_FROM": "+15550009999",
+    }
+
+
+def contact_owners(recipients: Path) -> dict[str, str]:
+    """Who is behind each email address and provider target, for the lines ``make run`` prints."""
+    from devstack.providers import target_of
+
+    owners: dict[str, str] = {}
+    for person in yaml.safe_load(recipients.read_text())["recipients"]:
+        for channel, address in (person.get("contacts") or {}).items():
+            key = address if channel == "email" else f"{channel}:{target_of(channel, address)}"
+            owners[key] = person["id"]
+    return owners
 
 
 def write_demo_config(state: Path) -> Path:
@@ -364,11 +425,15 @@ def write_demo_config(state: Path) -> Path:
     for rule in rules["rules"]:
         if rule["name"] in INBOX_RULES and "inapp" not in rule["channels"]:
             rule["channels"].append("inapp")
+        for channel in CHAT_RULES.get(rule["name"], ()):
+            if channel not in rule["channels"]:
+                rule["channels"].append(channel)
     (target / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False, allow_unicode=True))
     people = yaml.safe_load((REPO / "config" / "recipients.yaml").read_text())
     for person in people["recipients"]:
         if person["id"] in INBOX_USERS:
             person.setdefault("contacts", {})["inapp"] = "on"
+        person.setdefault("contacts", {}).update(CHAT_CONTACTS.get(person["id"], {}))
     path = target / "recipients.yaml"
     path.write_text(yaml.safe_dump(people, sort_keys=False, allow_unicode=True))
     return path

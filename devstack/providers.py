@@ -33,7 +33,8 @@ the webhook token for Discord, the chat id (without ``@``) for Telegram, the
   as Teams' classic webhooks do.
 
 Records: ``{"kind": <provider>, "path", "target", "status", "body": <JSON or form>,
-"headers", "title", "text", "delivery_id"}``.
+"headers", "title", "fault", "delivery_id"}`` (the delivery id from the
+``x-tidings-delivery-id`` header the channels send).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from devstack.sinks import Record, _HttpServer, _Recorder
 
-__all__ = ["TELEGRAM_TOKEN", "TWILIO_ACCOUNT", "TWILIO_TOKEN", "ProviderSink"]
+__all__ = ["TELEGRAM_TOKEN", "TWILIO_ACCOUNT", "TWILIO_TOKEN", "ProviderSink", "target_of"]
 
 TELEGRAM_TOKEN = "123456789:AAlocal-sink-token-000000000000000"  # noqa: S105 - a local stand-in
 TWILIO_ACCOUNT = "AC" + "0" * 31 + "1"
@@ -196,6 +197,7 @@ class ProviderSink(_Recorder):
             "headers": request.headers,
             "title": _title(kind, seen),
             "fault": fault,
+            "delivery_id": request.headers.get("x-tidings-delivery-id"),
         }
         if fault == "drop":
             handler.close_connection = True
@@ -374,7 +376,7 @@ def _title(kind: str, body: Any) -> str | None:
         if kind == "discord":
             return str(body["embeds"][0]["title"])
         if kind == "telegram":
-            return str(body["text"]).split("\n", 1)[0].replace("<b>", "").replace("</b>", "")
+            return html.unescape(re.sub(r"<[^>]+>", "", str(body["text"]).split("\n", 1)[0]))
         if kind == "teams":
             return str(body["attachments"][0]["content"]["body"][0]["text"])
         if kind == "sms":
@@ -392,3 +394,17 @@ def _mask_target(kind: str, target: str | None) -> str:
     if kind in ("slack", "discord", "teams"):
         return target[:4] + "***"
     return target
+
+
+def target_of(kind: str, address: str) -> str | None:
+    """The fault target a contact point becomes at this sink (see the module docstring)."""
+    address = address.strip()
+    if kind in ("slack", "teams"):
+        return urlsplit(address).path.rstrip("/").rsplit("/", 1)[-1] or None
+    if kind == "discord":
+        return address.rstrip("/").rsplit("/", 1)[-1] or None
+    if kind == "telegram":
+        return address.lstrip("@")
+    if kind == "sms":
+        return re.sub(r"[\s().-]", "", address)
+    return None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import email
 import email.policy
 import json
@@ -502,6 +503,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--smtp-port", type=int, default=2525, help="0 picks a free port")
     parser.add_argument("--http-port", type=int, default=8025, help="0 picks a free port")
+    parser.add_argument(
+        "--providers-port", type=int, default=None,
+        help="also run the Slack/Discord/Telegram/Teams/Twilio stand-in on this port (0 picks a free one)",
+    )
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="TARGET=KIND",
+        help="scripted provider failure, e.g. +31612345678=gone (repeatable; see devstack.providers)",
+    )
     parser.add_argument("--secret", help="verify webhook signatures with this secret (whsec_...)")
     parser.add_argument("--record", help="append every delivery as one JSON line to this file")
     parser.add_argument(
@@ -542,10 +551,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sinks: cannot listen on {args.host} ports {args.smtp_port}/{args.http_port}: {exc.strerror}; "
               "free them or set TIDINGS_DEMO_SMTP_PORT / TIDINGS_DEMO_HTTP_PORT", file=sys.stderr)
         return 2
-    with smtp, webhooks:
+    providers = None
+    if args.providers_port is not None:
+        from devstack.providers import ProviderSink
+
+        faults = dict(item.split("=", 1) for item in args.fault if "=" in item)
+        try:
+            providers = ProviderSink(args.host, args.providers_port, faults=faults, record=args.record, echo=True)
+        except (OSError, ValueError) as exc:
+            print(f"sinks: cannot start the provider stand-in: {exc}", file=sys.stderr)
+            return 2
+    with smtp, webhooks, providers if providers is not None else contextlib.nullcontext():
         print(
             f"sinks: smtp on {args.host}:{smtp.port}, webhooks on {webhooks.url()}"
-            f"{' (signatures checked)' if args.secret else ''}; Ctrl-C to stop",
+            f"{' (signatures checked)' if args.secret else ''}"
+            f"{f', providers on {providers.url()}' if providers is not None else ''}; Ctrl-C to stop",
             flush=True,
         )
         stop.wait()

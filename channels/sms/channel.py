@@ -110,7 +110,12 @@ class SmsChannel(HttpChannel):
         to = e164(delivery.address)
         where = f"twilio message to {mask_phone(to)}"
         answer = await self.post(
-            self._url, where, {self._sender_key: self.rate}, data=self.form(delivery, to), auth=self._auth
+            self._url,
+            where,
+            {self._sender_key: self.rate},
+            delivery_id=delivery.delivery_id,
+            data=self.form(delivery, to),
+            auth=self._auth,
         )
         document = answer.json()
         info: dict[str, Any] = document if isinstance(document, dict) else {}
