@@ -150,6 +150,22 @@ class ConsumerLoop(ABC):
             timeout = min(timeout, max(soonest - time.monotonic(), 0.01))
         return timeout
 
+    def _fetch(self, timeout: float) -> list[Message]:
+        """Up to a batch of records: those already fetched, or else the first one to arrive within ``timeout``.
+
+        ``consume(n, timeout)`` waits for n records or the whole timeout, which adds up to a
+        poll timeout to every record's latency whenever fewer than a batch are waiting. Here
+        a record is handed on as soon as it is there; under load the queue holds a full batch.
+        """
+        size = self.settings.batch_size
+        messages = self.consumer.consume(size, 0)
+        if messages:
+            return messages
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(size - 1, 0)] if size > 1 else [first]
+
     def _forget_holds(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._held.pop((tp.topic, tp.partition), None)
@@ -241,7 +257,7 @@ class ConsumerLoop(ABC):
     def poll_once(self) -> None:
         self.health.tick()
         self._resume_due()
-        messages = self.consumer.consume(self.settings.batch_size, self._next_wake())
+        messages = self._fetch(self._next_wake())
         self.health.tick()
         if messages:
             self.health.connected = True

@@ -138,3 +138,27 @@ def test_holding_one_partition_lets_the_other_flow(topic_settings: tuple[Setting
         loop.request_stop()
         thread.join(30)
     assert committed(settings, topic, loop.group) == [10, 10]
+
+
+@pytest.mark.timeout(120)
+def test_a_poll_hands_on_what_has_arrived_without_waiting_for_a_full_batch(
+        topic_settings: tuple[Settings, str]) -> None:
+    # With an hour-long poll timeout and a batch of 500, three records must still be
+    # handled at once (consume(500, timeout) alone would sit out the timeout).
+    settings, topic = topic_settings
+    settings = settings.model_copy(update={"poll_timeout": 3600.0, "batch_size": 500})
+    loop = Recorder(settings, topic)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    thread = run(loop)
+    try:
+        wait_for(lambda: loop.health.ready(), timeout=60)
+        for p in (0, 1, 0):
+            producer.produce(topic, value=b"x", partition=p)
+        assert producer.flush(30) == 0
+        wait_for(lambda: len(loop.seen) == 3, timeout=60)
+    finally:
+        loop.request_stop()
+        producer.produce(topic, value=b"wake", partition=1)  # the stop is seen after the next record
+        producer.flush(30)
+        thread.join(60)
+    assert not thread.is_alive()
