@@ -27,14 +27,14 @@ from typing import Any, Literal
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from router.templates import Sandbox
 from schemas import Priority
 from schemas.errors import ConfigError, InputError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_CONDITIONS = SandboxedEnvironment(undefined=StrictUndefined)
+_CONDITIONS = Sandbox(undefined=StrictUndefined)
 
 
 class ConditionError(InputError):

@@ -21,7 +21,7 @@ Context: ``data`` (the event data), ``event`` (``id``, ``source``, ``type``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,14 +68,20 @@ def locale_chain(locale: str | None) -> tuple[str, ...]:
 _DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
-class _Sandbox(SandboxedEnvironment):
-    """Jinja's sandbox with a fast path for ``data.field`` on plain dicts (every context value is one).
+class Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, cheaper per render and per condition, with the same results.
 
-    Jinja tries ``getattr(obj, name)`` first, which raises for a dict key, and then
-    ``obj[name]``. For a plain dict and a name that is no dict attribute the answer is
-    always the item, so it is read directly: the same result without an exception per
-    lookup. Everything else goes through the sandbox's checks as before.
+    * Flat globals: Jinja chains each template's globals to the environment's (a
+      ChainMap) and copies them into every render's context; ours never change after
+      start, so a template gets a plain dict (about half the cost of a small render).
+    * ``data.field`` on plain dicts (every context value is one): Jinja tries
+      ``getattr(obj, name)`` first, which raises for a dict key, and then ``obj[name]``.
+      For a plain dict and a name that is no dict attribute the answer is always the
+      item, so it is read directly. Everything else goes through the sandbox's checks.
     """
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        return {**self.globals, **(d or {})}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
@@ -93,7 +99,7 @@ class Renderer:
         if not directory.is_dir():
             raise ConfigError(f"template directory {directory} does not exist")
         self.directory = directory
-        self.env = _Sandbox(
+        self.env = Sandbox(
             loader=FileSystemLoader(str(directory)),
             undefined=StrictUndefined,
             autoescape=_autoescape,
@@ -131,11 +137,6 @@ class Renderer:
                 continue
             except JinjaTemplateError as exc:
                 raise TemplateError(f"template {candidate} does not parse: {exc}") from exc
-        if found is not None and not isinstance(found.globals, dict):
-            # Jinja chains the template's globals to the environment's (a ChainMap) and copies
-            # them into every render's context; our globals never change after start, and a
-            # flat dict halves the cost of a render.
-            found.globals = dict(found.globals)
         self._resolved[key] = found
         return found
 
