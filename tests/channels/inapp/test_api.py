@@ -303,3 +303,14 @@ def test_streams_beyond_the_limit_are_refused(api_server: Any, clock: Clock) -> 
             time.sleep(0.1)
         else:
             raise AssertionError("the stream slot was never released")
+
+
+def test_redis_down_is_503_and_names_no_secret(clock: Clock, closed_port: int) -> None:
+    server = Server(f"redis://:hunter2-password@127.0.0.1:{closed_port}/0", clock).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=10, headers=auth(clock, "u-ada")) as client:
+            for answer in (client.get("/api/inbox"), client.post("/api/inbox/x/read"), client.get("/healthz")):
+                assert answer.status_code == 503
+                assert answer.json() == {"detail": "inbox store unavailable"}
+    finally:
+        server.stop()

@@ -98,3 +98,9 @@ def test_settings_configure_the_channel(redis_url: str) -> None:
     config = InAppConfig.model_validate(settings.channel_config("inapp"))
     assert config.redis_url.get_secret_value() == redis_url
     assert (config.max_items, config.max_age_seconds, config.stream_length) == (7, 3600, 50)
+
+
+def test_the_token_secret_is_masked_in_settings() -> None:
+    settings = Settings(inbox_secret="a-very-secret-inbox-key-123")
+    assert settings.describe()["inbox_secret"] == "***"
+    assert "a-very-secret-inbox-key-123" not in repr(settings) + str(settings)
