@@ -7,6 +7,7 @@ attribute. ``content-type`` says ``application/avro``.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,8 +82,8 @@ class CloudEvent:
         for key, value in headers or ():
             if key.startswith("ce_") and value is not None:
                 found[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-        missing = [name for name in REQUIRED if not found.get(name)]
-        if missing:
+        if not all(found.get(name) for name in REQUIRED):
+            missing = [name for name in REQUIRED if not found.get(name)]
             raise MissingHeaderError(f"missing CloudEvents header(s): {', '.join(missing)}")
         if found["ce_specversion"] != SPECVERSION:
             raise MissingHeaderError(
@@ -90,7 +91,7 @@ class CloudEvent:
             )
         raw_time = found.get("ce_time")
         try:
-            time = parse_time(raw_time) if raw_time else datetime.now(UTC)
+            time = _parse_time_cached(raw_time) if raw_time else datetime.now(UTC)
         except ValueError:
             raise MissingHeaderError(f"ce_time {raw_time!r} is not an RFC 3339 timestamp") from None
         return cls(
@@ -111,3 +112,8 @@ def parse_time(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
+
+@functools.lru_cache(maxsize=4096)
+def _parse_time_cached(text: str) -> datetime:
+    # Events published together share a millisecond timestamp more often than not.
+    return parse_time(text)
