@@ -44,6 +44,10 @@ def mask_options(options: dict[str, str]) -> dict[str, str]:
     return {k: ("***" if _SECRET_OPTION.search(k) else v) for k, v in options.items()}
 
 
+def _networks(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
 class Settings(BaseSettings):
     """Configuration of every Tidings process."""
 
@@ -101,6 +105,11 @@ class Settings(BaseSettings):
     smtp_local_hostname: str | None = None
     """EHLO name; default: this machine's name, looked up once."""
     smtp_message_id_domain: str = "tidings.local"
+    smtp_max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    """Attachments per email, in total; a delivery over it is dead-lettered."""
+    smtp_max_attachments: int = Field(default=10, ge=0)
+    smtp_attachment_allow_private: str = ""
+    """Comma-separated CIDR networks attachment URLs may point into although not public."""
 
     # Webhook
     webhook_signing_secret: SecretStr | None = None
@@ -211,13 +220,16 @@ class Settings(BaseSettings):
                 "validate_certs": self.smtp_validate_certs,
                 "local_hostname": self.smtp_local_hostname,
                 "message_id_domain": self.smtp_message_id_domain,
+                "max_attachment_bytes": self.smtp_max_attachment_bytes,
+                "max_attachments": self.smtp_max_attachments,
+                "attachment_allow_networks": _networks(self.smtp_attachment_allow_private),
             }
         if channel == "webhook":
             return {
                 "signing_secret": self.webhook_signing_secret,
                 "timeout": self.webhook_timeout,
                 "auth": self._webhook_auth(),
-                "allow_networks": tuple(n.strip() for n in self.webhook_allow_private.split(",") if n.strip()),
+                "allow_networks": _networks(self.webhook_allow_private),
                 "max_redirects": self.webhook_max_redirects,
             }
         if channel == "inapp":

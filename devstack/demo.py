@@ -94,6 +94,7 @@ class Stack:
             "TIDINGS_INBOX_SECRET": INBOX_SECRET,
             "TIDINGS_INBOX_PORT": str(INBOX_PORT),
             "TIDINGS_WEBHOOK_ALLOW_PRIVATE": "127.0.0.0/8",  # the local receiver; the SSRF guard refuses loopback
+            "TIDINGS_SMTP_ATTACHMENT_ALLOW_PRIVATE": "127.0.0.0/8",  # attachment URLs on the local file server
             **provider_env(),
             "TIDINGS_SEND_ATTEMPTS": "2",
             "TIDINGS_RETRY_BACKOFF": "0.2",
@@ -320,7 +321,9 @@ def describe(rec: dict[str, Any], people: dict[str, str]) -> str:
     kind = rec.get("kind")
     if kind == "email":
         to = (rec.get("to") or ["?"])[0]
-        return f"{people.get(to, to):10} email    {rec.get('subject')}"
+        files = rec.get("attachments") or []
+        extra = "".join(f"  [+ {f['filename']}, {f['size'] // 1024} KB]" for f in files)
+        return f"{people.get(to, to):10} email    {rec.get('subject')}{extra}"
     if kind in CHAT_CHANNELS:
         who = people.get(f"{kind}:{rec.get('target')}", "?")
         status = rec.get("status")

@@ -32,6 +32,10 @@ the webhook token for Discord, the chat id (without ``@``) for Telegram, the
 * ``embedded429`` (Teams only): ``200`` whose text reports ``HTTP error 429``,
   as Teams' classic webhooks do.
 
+It also serves files for attachment URLs: ``GET /files/<name>?size=N`` answers
+N bytes (``gone`` and ``busy`` faults on the name give 404 and 503); these are
+not recorded.
+
 Records: ``{"kind": <provider>, "path", "target", "status", "body": <JSON or form>,
 "headers", "title", "fault", "delivery_id"}`` (the delivery id from the
 ``x-tidings-delivery-id`` header the channels send).
@@ -108,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.sink._handle(self)
 
+    def do_GET(self) -> None:
+        self.sink._file(self)
+
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the sink echoes deliveries itself."""
 
@@ -176,6 +183,29 @@ class ProviderSink(_Recorder):
         with self._changed:
             self._count += 1
             return self._count
+
+    # -- files (attachment URLs) ----------------------------------------------
+
+    def _file(self, handler: _Handler) -> None:
+        """``GET /files/<name>[?size=N]``: N bytes (default 2048) of a repeatable pattern; faults by name."""
+        parts = urlsplit(handler.path)
+        match = re.fullmatch(r"/files/([^/]+)", parts.path)
+        fault = self.faults.get(match[1]) if match else None
+        if match is None or fault == "gone":
+            answer = _Answer.text(404, "no such file")
+        elif fault == "busy":
+            answer = _Answer.text(503, "try later")
+        else:
+            size = int(parse_qs(parts.query).get("size", ["2048"])[0])
+            pattern = f"Tidings test file {match[1]}\n".encode()
+            answer = _Answer(200, (pattern * (size // len(pattern) + 1))[:size],
+                             {"Content-Type": "application/octet-stream"})
+        handler.send_response(answer.status)
+        for name, value in answer.headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(answer.body)))
+        handler.end_headers()
+        handler.wfile.write(answer.body)
 
     # -- one request --------------------------------------------------------
 

@@ -158,7 +158,8 @@ class SmtpSink(_Recorder):
 
     Records: ``{"kind": "email", "to": [...], "from": ..., "subject": ...,
     "message_id": ..., "delivery_id": ..., "text": ..., "html": ...,
-    "content_type": ..., "headers": {...}}``.
+    "content_type": ..., "attachments": [{"filename", "content_type", "size"}],
+    "headers": {...}}``.
 
     ``refuse`` addresses get ``550 5.1.1`` at RCPT, ``defer`` addresses ``451``,
     ``throttle`` addresses ``450 4.7.1 … rate limited``; a message to a ``reject``
@@ -284,6 +285,14 @@ class SmtpSink(_Recorder):
             "text": text_part.get_content() if isinstance(text_part, EmailMessage) else None,
             "html": html_part.get_content() if isinstance(html_part, EmailMessage) else None,
             "content_type": message.get_content_type(),
+            "attachments": [
+                {
+                    "filename": part.get_filename(),
+                    "content_type": part.get_content_type(),
+                    "size": len(part.get_payload(decode=True) or b""),
+                }
+                for part in message.iter_attachments()
+            ],
             "headers": {name.lower(): str(value) for name, value in message.items()},
         }
         with self._changed:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from router.attachments import attachment_metadata
 from router.recipients import Recipient
 from router.rules import CompiledRule
 from router.state import Claim
@@ -187,6 +188,8 @@ def route(
             }
             if channel != "email":
                 fields["payload"] = webhook_payload(event, fields, rendered)
+            elif "attachments" in event.data:
+                fields["metadata"] = attachment_metadata(event.data)
             delivery = Delivery(**fields)
             decision.deliveries.append(delivery)
             decision.statuses.append(Status.for_delivery(delivery, State.routed, at=now))

@@ -19,6 +19,11 @@ Outcomes:
   message and everything about our relay or credentials, so the delivery waits
   in the retry tiers while someone fixes the settings.
 
+Attachments named in ``metadata["attachments"]`` are decoded or fetched (size
+limited, through the SSRF guard) before a session is taken, and attached after
+the text and HTML parts: see :mod:`channels.email.attachments`. A relay that
+says it is throttling us gives a :class:`~schemas.errors.RateLimitedError`.
+
 The returned :class:`~channels.base.Sent` carries the Message-ID,
 ``<delivery_id@message_id_domain>``, the same on every retry of a delivery, so
 receivers and relays can drop duplicates.

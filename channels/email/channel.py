@@ -7,16 +7,20 @@ import email.utils
 import re
 import socket
 import time
+from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import ClassVar
 
 import aiosmtplib
+import httpx
 from aiosmtplib.email import flatten_message
 from aiosmtplib.protocol import SMTPProtocol
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_email
 from channels.email.address import validate_address
+from channels.email.attachments import Attachment, load_attachments
 from channels.email.config import EmailConfig
+from channels.netguard import NetworkGuard
 from schemas import Delivery
 from schemas.errors import DeliveryError, InvalidAddressError, PermanentError, RateLimitedError, TransientError
 
@@ -38,13 +42,15 @@ class EmailChannel(Channel):
         self._sessions: list[SMTPProtocol] = []  # every session opened and not yet seen closed
         self._ehlo_name = config.local_hostname
         self._closed = False
+        self._guard = NetworkGuard(config.attachment_allow_networks)
+        self._fetcher: httpx.AsyncClient | None = None
 
     def max_in_flight(self) -> int:
         # One transaction per pooled connection at a time: more would only queue for a slot.
         return self.config.pool_size
 
-    def compose(self, delivery: Delivery, recipient: str) -> EmailMessage:
-        """The MIME message for one delivery: text, plus an HTML alternative when given."""
+    def compose(self, delivery: Delivery, recipient: str, attachments: Sequence[Attachment] = ()) -> EmailMessage:
+        """The MIME message for one delivery: text, an HTML alternative when given, then the attachments."""
         message = EmailMessage()
         message["Subject"] = " ".join(delivery.subject.split())
         message["From"] = self.config.from_address
@@ -56,6 +62,10 @@ class EmailChannel(Channel):
         message.set_content(delivery.text)
         if delivery.html is not None:
             message.add_alternative(delivery.html, subtype="html")
+        for attachment in attachments:
+            message.add_attachment(
+                attachment.data, maintype=attachment.maintype, subtype=attachment.subtype, filename=attachment.filename
+            )
         message["Content-Language"] = delivery.locale  # after set_content, which clears Content-*
         return message
 
@@ -66,7 +76,8 @@ class EmailChannel(Channel):
         if self._closed:
             raise RuntimeError("EmailChannel.send() called after aclose()")
         recipient = validate_address(delivery.address)
-        message = self.compose(delivery, recipient)
+        attachments = await self._attachments(delivery) if "attachments" in delivery.metadata else []
+        message = self.compose(delivery, recipient, attachments)
         masked = mask_email(recipient)
         async with self._slots:
             client = self._take_idle()
@@ -91,9 +102,21 @@ class EmailChannel(Channel):
                     self._give_back(client)
         return Sent(provider_id=self.message_id(delivery))
 
+    async def _attachments(self, delivery: Delivery) -> list[Attachment]:
+        config = self.config
+        if self._fetcher is None:
+            self._fetcher = httpx.AsyncClient(follow_redirects=False, timeout=config.attachment_timeout)
+        return await load_attachments(
+            delivery, self._fetcher, self._guard, config.max_attachment_bytes, config.max_attachments,
+            config.attachment_timeout,
+        )
+
     async def aclose(self) -> None:
         """Say QUIT on every idle session, then wait (briefly) until every socket is closed."""
         self._closed = True
+        fetcher, self._fetcher = self._fetcher, None
+        if fetcher is not None:
+            await fetcher.aclose()
         idle, self._idle = self._idle, []
         for client, _ in idle:
             try:

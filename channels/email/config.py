@@ -5,9 +5,10 @@ from __future__ import annotations
 import email.utils
 from typing import Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from channels.base import ChannelConfig
+from channels.netguard import parse_networks
 
 
 class EmailConfig(ChannelConfig):
@@ -33,6 +34,19 @@ class EmailConfig(ChannelConfig):
     """At most this many SMTP sessions open at once; more sends wait for one."""
     max_idle: float = 60.0
     """A session idle for longer is closed instead of reused."""
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    """Attachments per message, in total; a delivery over it is dead-lettered."""
+    max_attachments: int = Field(default=10, ge=0)
+    attachment_timeout: float = Field(default=30.0, gt=0)
+    """Seconds to fetch one attachment by URL."""
+    attachment_allow_networks: tuple[str, ...] = ()
+    """CIDR networks attachment URLs may point into although not public (the SSRF guard)."""
+
+    @field_validator("attachment_allow_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)
+        return value
 
     @field_validator("from_address")
     @classmethod

@@ -57,7 +57,7 @@ def test_single_object_round_trip(catalog: Catalog) -> None:
 
 
 def test_old_writer_decodes_with_the_new_field_default(catalog: Catalog) -> None:
-    old = next(s for s in catalog.by_fingerprint.values() if s.path and s.path.parent.name == "history")
+    old = next(s for s in catalog.by_fingerprint.values() if s.path and s.path.name == "jobs.match.found.v1.avsc")
     assert "is_remote" not in old.field_names
     v1 = {k: v for k, v in MATCH.items() if k != "is_remote"}
     value = catalog.encode(old, v1)
@@ -225,6 +225,14 @@ WRITER_CASES = [
     }),
     ("tidings.events.JobMatchFound", MATCH),
     ("tidings.events.JobMatchFound", {**MATCH, "location": "Berlin", "is_remote": True, "score": 1e300}),
+    ("tidings.events.BookgenJobCompleted", {  # an array of nested records, defaults left out in one
+        "user_id": "u", "job_id": "j", "title": "Grüße", "status": "completed",
+        "attachments": [
+            {"filename": "a.pdf", "content_type": "application/pdf", "url": "https://f.example/a", "content": None},
+            {"filename": "b.bin", "content": b"\x00\xff"},
+        ],
+    }),
+    ("tidings.events.BookgenJobCompleted", {"user_id": "u", "job_id": "j", "title": "t", "status": "failed"}),
 ]
 
 
