@@ -14,6 +14,7 @@ from consumers.deliver_consumer import DeliverConsumer
 from consumers.router_consumer import RouterConsumer
 from consumers.settings import Settings
 from consumers.topics import missing_topics
+from router.lanes import LANES
 from router.rules import RuleSet
 from router.templates import Renderer
 from schemas import Catalog
@@ -48,7 +49,7 @@ def build_router(settings: Settings) -> RouterConsumer:
         raise ConfigError(f"{settings.rules}: unknown channel(s) {', '.join(unknown)}; "
                           f"known: {', '.join(sorted(known))}")
     needed = [settings.input_topic, settings.status_topic, settings.router_dlq_topic,
-              *(settings.deliver_topic(c) for c in sorted(rules.channels))]
+              *(settings.deliver_topic(c, lane) for c in sorted(rules.channels) for lane in LANES)]
     missing = missing_topics(settings, needed)
     if missing:
         raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `tidings topics create`")
@@ -56,14 +57,15 @@ def build_router(settings: Settings) -> RouterConsumer:
     return RouterConsumer(settings, catalog, rules, renderer, redis)
 
 
-def build_deliverer(settings: Settings, channel_name: str) -> DeliverConsumer:
+def build_deliverer(settings: Settings, channel_name: str, lane: str | None = None) -> DeliverConsumer:
     load_all(settings.channel_modules)
     cls = load_channel_class(channel_name, settings.channel_modules)
     channel = cls.from_config(settings.channel_config(channel_name))
-    needed = [settings.deliver_topic(channel_name), settings.channel_dlq_topic(channel_name),
+    lanes = LANES if lane is None else (lane,)
+    needed = [*(settings.deliver_topic(channel_name, ln) for ln in lanes), settings.channel_dlq_topic(channel_name),
               settings.status_topic]
     missing = missing_topics(settings, needed)
     if missing:
         raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `tidings topics create`")
     redis = AsyncRedis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-    return DeliverConsumer(settings, catalog_for(settings), channel, redis)
+    return DeliverConsumer(settings, catalog_for(settings), channel, redis, lane=lane)

@@ -4,9 +4,14 @@
 
     tidings topics create [--partitions N] [--replication-factor N]
     tidings router
-    tidings deliver CHANNEL
+    tidings deliver CHANNEL [--lane normal|urgent]
     tidings publish TYPE --data JSON [--subject U] [--source S] [--id ID] [--tenant T] [--topic T]
     tidings recipients load FILE | get ID | list | remove ID   [--tenant T]
+    tidings subscriptions set USER TOPIC... | get USER | list TOPIC | remove USER TOPIC...  [--tenant T]
+    tidings preferences set CH/SCOPE=on|off... | get | list | remove CH/SCOPE...
+                        [--user U | --global] [--tenant T] [--channel C --type T [--category C]]
+    tidings templates check  render every template against sample data from its event schema
+    tidings admin            the admin HTTP API (preference centre), OpenAPI at /openapi.json
     tidings status ID
     tidings inbox serve [--host H] [--port P]    the in-app inbox API, live stream and page
     tidings inbox token USER [--tenant T] [--ttl SECONDS]
@@ -68,7 +73,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 
     settings = _settings()
     setup_logging(settings.log_level)
-    consumer = build_deliverer(settings, args.channel)
+    consumer = build_deliverer(settings, args.channel, args.lane)
     consumer.install_signal_handlers()
     consumer.run()
     return 0
@@ -117,6 +122,114 @@ def cmd_recipients(args: argparse.Namespace) -> int:
     removed = store.remove(args.tenant, args.target)
     print("removed" if removed else "not found")
     return 0 if removed else 1
+
+
+def cmd_subscriptions(args: argparse.Namespace) -> int:
+    from router.subscriptions import SubscriptionStore
+
+    if not args.target:
+        raise InputError(f"subscriptions {args.action} needs {'a TOPIC' if args.action == 'list' else 'a USER'}")
+    if args.action in ("set", "remove") and not args.topics:
+        raise InputError(f"subscriptions {args.action} needs at least one TOPIC")
+    store = SubscriptionStore(Redis.from_url(_settings().redis_url))
+    if args.action == "set":
+        added = store.subscribe(args.tenant, args.target, args.topics)
+        print(f"subscribed {args.target} to {len(args.topics)} topic(s), {added} new")
+    elif args.action == "remove":
+        removed = store.unsubscribe(args.tenant, args.target, args.topics)
+        print(f"unsubscribed {args.target} from {removed} topic(s)")
+        return 0 if removed else 1
+    elif args.action == "get":
+        for topic in store.topics(args.tenant, args.target):
+            print(topic)
+    else:
+        cursor: str | None = None
+        while True:
+            page = store.page(args.tenant, args.target, cursor, 1000)
+            if not page:
+                break
+            print("\n".join(page))
+            cursor = page[-1]
+    return 0
+
+
+def _switch(text: str) -> tuple[str, str, str | None]:
+    """``email/type:x=on`` -> (``email``, ``type:x``, ``on``); ``email/*`` -> (``email``, ``*``, None)."""
+    name, eq, value = text.partition("=")
+    channel, slash, scope = name.partition("/")
+    if not slash:
+        raise InputError(f"{text!r}: expected CHANNEL/SCOPE, e.g. email/* or */category:marketing")
+    return channel, scope, (value if eq else None)
+
+
+def cmd_preferences(args: argparse.Namespace) -> int:
+    from router.preferences import Level, PreferenceError, PreferenceStore, Switch, field_name, parse_value
+
+    level: Level = "user" if args.user else ("global" if args.global_ else "tenant")
+    if args.user and args.global_:
+        raise InputError("--user and --global exclude each other")
+    store = PreferenceStore(Redis.from_url(_settings().redis_url))
+    if args.action == "set":
+        switches = []
+        for text in args.switches:
+            channel, scope, value = _switch(text)
+            if value is None:
+                raise PreferenceError(f"{text!r}: expected CHANNEL/SCOPE=on or =off")
+            field_name(channel, scope)
+            switches.append(Switch(channel, scope, parse_value(value)))
+        n = store.set(level, args.tenant, args.user, switches)  # validated above: all or nothing
+        print(f"set {n} {level} preference(s)")
+        return 0
+    if args.action == "remove":
+        if not args.switches:
+            raise InputError("preferences remove needs CHANNEL/SCOPE arguments")
+        parsed = [_switch(t) for t in args.switches]
+        for channel, scope, _ in parsed:
+            field_name(channel, scope)
+        removed = sum(store.remove(level, args.tenant, args.user, c, sc) for c, sc, _ in parsed)
+        print(f"removed {removed} {level} preference(s)")
+        return 0 if removed else 1
+    if args.action == "get" and args.type:
+        if not args.user or not args.channel:
+            raise InputError("preferences get --type needs --user and --channel")
+        verdict = store.effective(args.tenant, args.user, args.channel, args.type, args.category)
+        print(json.dumps({"allowed": verdict.allowed, "decided_by": verdict.source or "default (allowed)"}))
+        return 0
+    print(json.dumps(store.get(level, args.tenant, args.user), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    from router.rules import RuleSet
+    from router.template_check import check_all
+    from router.templates import Renderer
+    from schemas import Catalog
+
+    settings = _settings()
+    rules = RuleSet.load(settings.rules)
+    report = check_all(rules, Renderer(settings.template_dir), Catalog.load())
+    for line in report.lines:
+        print(line)
+    if report.errors:
+        for error in report.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"ok: {report.rendered} rendering(s) of {len(report.templates)} template(s) passed")
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from consumers.admin import create_app
+    from consumers.app import setup_logging
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    app = create_app(Redis.from_url(settings.redis_url))
+    uvicorn.run(app, host=args.host or settings.admin_host, port=args.port or settings.admin_port,
+                log_level=settings.log_level.lower())
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -222,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
 
     deliver = sub.add_parser("deliver", help="run one channel's consumer")
     deliver.add_argument("channel")
+    deliver.add_argument("--lane", choices=["normal", "urgent"],
+                         help="read only this priority lane (default: both, in one consumer group)")
     deliver.set_defaults(func=cmd_deliver)
 
     pub = sub.add_parser("publish", help="publish one domain event")
@@ -239,6 +354,33 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("target", nargs="?", help="FILE for load, ID for get and remove")
     rec.add_argument("--tenant", default="default")
     rec.set_defaults(func=cmd_recipients)
+
+    subs = sub.add_parser("subscriptions", help="manage subscriptions in Redis")
+    subs.add_argument("action", choices=["set", "get", "list", "remove"])
+    subs.add_argument("target", nargs="?", help="USER for set, get and remove; TOPIC for list")
+    subs.add_argument("topics", nargs="*", help="TOPIC... for set and remove")
+    subs.add_argument("--tenant", default="default")
+    subs.set_defaults(func=cmd_subscriptions)
+
+    prefs = sub.add_parser("preferences", help="manage preferences (user, tenant or global level)")
+    prefs.add_argument("action", choices=["set", "get", "list", "remove"])
+    prefs.add_argument("switches", nargs="*", help="CHANNEL/SCOPE=on|off for set, CHANNEL/SCOPE for remove")
+    prefs.add_argument("--user", help="a user's own preferences (default: the tenant's defaults)")
+    prefs.add_argument("--global", dest="global_", action="store_true", help="the global defaults")
+    prefs.add_argument("--tenant", default="default")
+    prefs.add_argument("--channel", help="get: with --type, the effective decision for this channel")
+    prefs.add_argument("--type", help="get: the event type to decide for")
+    prefs.add_argument("--category", help="get: the event's category")
+    prefs.set_defaults(func=cmd_preferences)
+
+    tpl = sub.add_parser("templates", help="check every template against sample data")
+    tpl.add_argument("action", choices=["check"])
+    tpl.set_defaults(func=cmd_templates)
+
+    admin = sub.add_parser("admin", help="serve the admin HTTP API (preference centre)")
+    admin.add_argument("--host")
+    admin.add_argument("--port", type=int)
+    admin.set_defaults(func=cmd_admin)
 
     st = sub.add_parser("status", help="show what happened to an event or delivery id")
     st.add_argument("id")

@@ -58,10 +58,13 @@ class DeliverConsumer(ConsumerLoop):
     role = "deliver"
 
     def __init__(self, settings: Settings, catalog: Catalog, channel: Channel, redis: Redis,
-                 **kwargs: Any) -> None:
+                 lane: str | None = None, **kwargs: Any) -> None:
         self.channel_name = channel.name
-        super().__init__(settings, catalog, settings.group(f"deliver-{channel.name}"),
-                         [settings.deliver_topic(channel.name)], **kwargs)
+        # Priority lanes (router/lanes.py): lane None reads both topics; "urgent" gets its own group.
+        lanes = ["normal", "urgent"] if lane is None else [lane]
+        group = f"deliver-{channel.name}" + ("-urgent" if lane == "urgent" else "")
+        super().__init__(settings, catalog, settings.group(group),
+                         [settings.deliver_topic(channel.name, ln) for ln in lanes], **kwargs)
         self.channel = channel
         self.redis = redis
         self.dlq_topic = settings.channel_dlq_topic(channel.name)

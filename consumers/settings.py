@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     """Template directory; default ``templates/`` beside the rules file."""
     dedup_ttl_seconds: int = Field(default=7 * 86400, ge=60)
     delivery_deadline_seconds: int = Field(default=24 * 3600, ge=1)
+    fanout_page_size: int = Field(default=1000, ge=1, le=50_000)
+    """Subscribers read, decided and acknowledged per fan-out step (one checkpoint each)."""
+    release_interval: float = Field(default=1.0, gt=0)
+    """Seconds between two looks for held deliveries and digests that are due."""
+    release_lease_seconds: int = Field(default=60, ge=1)
+    """How long a claimed release stays invisible to other router replicas."""
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=8088, ge=0, le=65535)
 
     # Consumer runtime
     batch_size: int = Field(default=500, ge=1, le=100_000)
@@ -196,8 +204,9 @@ class Settings(BaseSettings):
     def router_dlq_topic(self) -> str:
         return self.topic("router.dlq")
 
-    def deliver_topic(self, channel: str) -> str:
-        return self.topic(f"deliver.{channel}")
+    def deliver_topic(self, channel: str, lane: str = "normal") -> str:
+        """``deliver.<channel>``, or ``deliver.<channel>.urgent`` for the urgent lane."""
+        return self.topic(f"deliver.{channel}" if lane == "normal" else f"deliver.{channel}.{lane}")
 
     def channel_dlq_topic(self, channel: str) -> str:
         return self.topic(f"deliver.{channel}.dlq")

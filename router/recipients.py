@@ -11,6 +11,7 @@ A recipient document::
       email: ada@example.com
       webhook: https://hooks.example.com/ada
     opt_out: [webhook]         # channels this person turned off
+    quiet_hours: {start: "22:00", end: "07:00"}   # optional, local time
 
 ``tidings recipients load FILE`` validates every entry first and writes none
 unless all are valid; then it writes them in one MULTI/EXEC transaction, so
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from redis import Redis
 
 from router import keys
+from router.quiet_hours import QuietHours
 from schemas.cloudevents import DEFAULT_TENANT
 from schemas.errors import ConfigError, InputError
 
@@ -61,6 +63,7 @@ class Recipient(BaseModel):
     timezone: str = "UTC"
     contacts: dict[str, str] = Field(default_factory=dict)
     opt_out: frozenset[str] = frozenset()
+    quiet_hours: QuietHours | None = None
 
     @field_validator("id", "tenant")
     @classmethod

@@ -9,7 +9,12 @@ The rules file is YAML::
         channels: [email, webhook]
         template: job_match             # a directory under the template dir
         priority: normal                # low | normal | high | urgent
-        audience: subject               # the event's ce_subject user
+        audience: subject               # the event's ce_subject user, or "subscribers"
+
+Routing features (docs/routing.md): ``audience: subscribers`` with ``topic``,
+``category``, ``required``, ``dedup``, ``over_cap``, ``quiet_hours``,
+``stale_after``, ``delay``, ``digests`` and ``digest_template``; frequency
+``caps`` are declared once at the top of the file.
 
 A condition is a Jinja2 expression evaluated in the sandbox. It sees the
 event's data fields by name (``score``), the whole data as ``data`` and the
@@ -27,8 +32,12 @@ from typing import Any, Literal
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import SecurityError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from router.caps import CapLimit
+from router.dedup import DedupPolicy
+from router.digest import Cadence
+from router.durations import Duration
 from router.templates import Sandbox
 from schemas import Priority
 from schemas.errors import ConfigError, InputError
@@ -52,7 +61,45 @@ class Rule(BaseModel):
     template: str
     priority: Priority = Priority.normal
     when: str | None = None
-    audience: Literal["subject"] = "subject"
+    audience: Literal["subject", "subscribers"] = "subject"
+    topic: str | None = None
+    """Subscribers' topic, a template over the event; default: the event type."""
+    category: str | None = None
+    """Preference category; default: the ``category`` of the event's schema."""
+    required: bool = False
+    """No preference turns it off (security alerts)."""
+    dedup: DedupPolicy | None = None
+    over_cap: Literal["drop", "digest"] = "drop"
+    quiet_hours: Literal["hold", "digest", "ignore"] = "hold"
+    stale_after: Duration | None = None
+    delay: Duration | None = None
+    digests: tuple[Cadence, ...] = ()
+    digest_template: str = "digest"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if self.topic is not None and self.audience != "subscribers":
+            raise ValueError("topic applies to audience: subscribers")
+        if self.topic is not None:
+            try:
+                _CONDITIONS.from_string(self.topic)
+            except TemplateSyntaxError as exc:
+                raise ValueError(f"topic {self.topic!r} does not parse: {exc.message}") from exc
+        seen = [c.channel for c in self.digests]
+        for channel in seen:
+            if channel not in self.channels:
+                raise ValueError(f"digest channel {channel!r} is not one of the rule's channels")
+        if len(set(seen)) != len(seen):
+            raise ValueError("one digest cadence per channel")
+        if not _NAME.match(self.digest_template):
+            raise ValueError(f"digest_template {self.digest_template!r} is not a template name")
+        return self
+
+    def digest_for(self, channel: str) -> Cadence | None:
+        for cadence in self.digests:
+            if cadence.channel == channel:
+                return cadence
+        return None
 
     @field_validator("name", "template")
     @classmethod
@@ -82,10 +129,36 @@ class Rule(BaseModel):
         return value
 
 
+class TopicError(InputError):
+    """A rule's subscription topic could not be rendered for this event."""
+
+
 @dataclass(frozen=True)
 class CompiledRule:
     rule: Rule
     condition: Callable[..., Any] | None
+    dedup_key: Callable[[Mapping[str, Any]], str] | None = None
+    topic_template: Any = None
+
+    def context(self, data: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
+        return {**data, "data": data, "event": event}
+
+    def key(self, data: Mapping[str, Any], event: Mapping[str, Any]) -> str | None:
+        """The rendered dedup key, or None when the rule has no key-based strategy."""
+        if self.dedup_key is None:
+            return None
+        return self.dedup_key(self.context(data, event))
+
+    def topic(self, data: Mapping[str, Any], event: Mapping[str, Any]) -> str:
+        if self.topic_template is None:
+            return self.rule.event_type
+        try:
+            text = str(self.topic_template.render(self.context(data, event))).strip()
+        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+            raise TopicError(f"rule {self.rule.name}: topic {self.rule.topic!r} failed: {exc}") from exc
+        if not text:
+            raise TopicError(f"rule {self.rule.name}: topic {self.rule.topic!r} rendered empty")
+        return text
 
     def matches(self, data: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
         """Evaluate the condition; raise :class:`ConditionError` when it cannot be."""
@@ -104,7 +177,8 @@ class CompiledRule:
 class RuleSet:
     """The loaded rules, indexed by event type."""
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], caps: tuple[CapLimit, ...] = ()) -> None:
+        self.caps = caps
         names = [r.name for r in rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -117,6 +191,8 @@ class RuleSet:
                 # undefined_to_none=False: a condition that is only an unknown name must fail
                 # like any other reference to it, not quietly evaluate to None (false).
                 _CONDITIONS.compile_expression(rule.when, undefined_to_none=False) if rule.when else None,
+                rule.dedup.compile() if rule.dedup is not None else None,
+                _CONDITIONS.from_string(rule.topic) if rule.topic else None,
             )
             self._by_type.setdefault(rule.event_type, []).append(compiled)
 
@@ -129,19 +205,25 @@ class RuleSet:
 
     @property
     def templates(self) -> set[str]:
-        return {r.template for r in self.rules}
+        return {r.template for r in self.rules} | {r.digest_template for r in self.rules if r.digests}
 
     @classmethod
     def from_data(cls, raw: Any, origin: str = "rules") -> RuleSet:
         if not isinstance(raw, dict) or not isinstance(raw.get("rules"), list):
             raise ConfigError(f"{origin}: expected a mapping with a 'rules' list")
+        caps: list[CapLimit] = []
+        for position, item in enumerate(raw.get("caps") or [], start=1):
+            try:
+                caps.append(CapLimit.model_validate(item))
+            except ValidationError as exc:
+                raise ConfigError(f"{origin}: cap #{position}: {_first_error(exc)}") from None
         rules = []
         for position, item in enumerate(raw["rules"], start=1):
             try:
                 rules.append(Rule.model_validate(item))
             except ValidationError as exc:
                 raise ConfigError(f"{origin}: rule #{position}: {_first_error(exc)}") from None
-        return cls(rules)
+        return cls(rules, tuple(caps))
 
     @classmethod
     def load(cls, path: Path) -> RuleSet:

@@ -1,9 +1,17 @@
 """The router's Redis state, read and claimed in one round trip per consumed batch.
 
-For each batch the consumer hands over the dedup claims it wants and the
-recipients it needs; :meth:`RouterState.load` sends one pipeline holding
-``SET claim owner NX GET EX ttl`` per event and ``GET`` per distinct
-recipient, and returns a :class:`Snapshot` the pure decision reads.
+For each batch the consumer hands over the dedup claims it wants, the
+recipients it needs and the other keys the decision will read (:class:`Needs`:
+preference hashes, rule dedup claims, content hashes, cap counters);
+:meth:`RouterState.load` sends one pipeline holding ``SET claim owner NX GET
+EX ttl`` per event, ``GET`` per distinct recipient, ``HGETALL`` per
+preference hash, ``SET NX GET`` per rule dedup key and ``GET`` per content
+hash and counter, and returns a :class:`Snapshot` the pure decision reads.
+
+What the decision changes (cap counts, content hashes, held deliveries,
+digest items) is written by :meth:`RouterState.write` in one more pipeline,
+only when the batch changed any of it: a batch that only routes costs one
+round trip.
 
 Claim ownership (DESIGN.md invariant 2): the claim's value is the Kafka
 coordinates of the record that claimed it. The same record processed again
@@ -16,12 +24,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 from redis import Redis
 
 from router import keys
+from router.caps import CapBook
 from router.recipients import Recipient
+from router.schedule import DigestAdd, HeldStore, Hold
 
 # Delete a claim only if we still own it (used when an event is dead-lettered,
 # so that a replay after a fix is not mistaken for a duplicate).
@@ -46,6 +58,33 @@ class Claim:
 
 
 @dataclass
+class View:
+    """What Redis said for one batch (or one fan-out page), by key."""
+
+    prefs: dict[str, dict[str, str]] = field(default_factory=dict)
+    claims: dict[tuple[str, str], Claim] = field(default_factory=dict)
+    """Rule dedup claims (key_window, once_ever) by (Redis key, owner event): two events with
+    one key in a batch each get their own answer, the first in batch order wins."""
+    content: dict[str, str | None] = field(default_factory=dict)
+    caps: CapBook = field(default_factory=CapBook)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class Needs:
+    """What the decision will look up, so that one round trip can fetch all of it."""
+
+    prefs: set[str] = field(default_factory=set)
+    claims: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    """(Redis key, owner event) -> ttl seconds, or None for once-ever; in batch order."""
+    content: set[str] = field(default_factory=set)
+    caps: set[str] = field(default_factory=set)
+
+
+@dataclass
 class Snapshot:
     """What the decision needs from Redis for one batch."""
 
@@ -54,6 +93,7 @@ class Snapshot:
     recipients: dict[tuple[str, str], Recipient | None] = field(default_factory=dict)
     problems: dict[tuple[str, str], str] = field(default_factory=dict)
     """Recipients whose stored document no longer validates, with the reason."""
+    view: View = field(default_factory=View)
 
     def claim(self, event_key: str, owner: str) -> Claim:
         """The claim as the record at ``owner`` saw it."""
@@ -68,12 +108,20 @@ class RouterState:
         # every batch was the larger part of a load. A changed document is parsed afresh.
         self._parsed: dict[bytes | str, Recipient] = {}
         self._release = redis.register_script(_RELEASE)
+        self.held = HeldStore(redis)
 
     def load(
-        self, claims: Sequence[tuple[str, str]], recipients: Iterable[tuple[str, str]]
+        self, claims: Sequence[tuple[str, str]], recipients: Iterable[tuple[str, str]],
+        needs: Needs | None = None,
     ) -> Snapshot:
-        """Claim ``(event_key, owner)`` pairs and read recipients ``(tenant, user)``: one round trip."""
+        """Claim ``(event_key, owner)`` pairs, read recipients ``(tenant, user)`` and what ``needs``
+        lists: one round trip."""
         wanted = list(dict.fromkeys(recipients))
+        needs = needs or Needs()
+        prefs = sorted(needs.prefs)
+        dedup = list(needs.claims.items())
+        content = sorted(needs.content)
+        caps = sorted(needs.caps)
         pipe = self.redis.pipeline(transaction=False)
         for event_key, owner in claims:
             # SET key owner NX GET EX ttl, without redis-py's per-call argument handling
@@ -81,8 +129,27 @@ class RouterState:
                                  get=True)  # type: ignore[no-untyped-call]
         for tenant, user in wanted:
             pipe.get(keys.recipient(tenant, user))
+        for key in prefs:
+            pipe.hgetall(key)
+        for (key, owner), ttl in dedup:
+            pipe.set(key, owner, nx=True, get=True, ex=ttl)
+        for key in (*content, *caps):
+            pipe.get(key)
         results = pipe.execute()
         snap = Snapshot()
+        rest = results[len(claims) + len(wanted):]
+        view = snap.view
+        for key, raw in zip(prefs, rest[: len(prefs)], strict=True):
+            view.prefs[key] = {_text(k): _text(v) for k, v in (raw or {}).items()}
+        rest = rest[len(prefs):]
+        for ((key, owner), _), previous in zip(dedup, rest[: len(dedup)], strict=True):
+            held = owner if previous is None else _text(previous)
+            view.claims[(key, owner)] = Claim(held, held == owner)
+        rest = rest[len(dedup):]
+        for key, raw in zip(content, rest[: len(content)], strict=True):
+            view.content[key] = None if raw is None else _text(raw)
+        rest = rest[len(content):]
+        view.caps = CapBook.from_counts({k: int(v or 0) for k, v in zip(caps, rest, strict=True)})
         for (event_key, owner), previous in zip(claims, results[: len(claims)], strict=True):
             if previous is None:
                 claim = Claim(owner, True)
@@ -92,7 +159,7 @@ class RouterState:
             # Keyed by owner too: a later copy of the same event in this batch must not
             # overwrite the first copy's answer (both would then be dropped as duplicates).
             snap.claims[(event_key, owner)] = claim
-        for ref, raw in zip(wanted, results[len(claims) :], strict=True):
+        for ref, raw in zip(wanted, results[len(claims) : len(claims) + len(wanted)], strict=True):
             if raw is None:
                 snap.recipients[ref] = None
                 continue
@@ -118,3 +185,23 @@ class RouterState:
         for event_key, owner in claims:
             self._release(keys=[keys.claim(event_key)], args=[owner], client=pipe)
         return sum(int(n) for n in pipe.execute())
+
+    def write(self, caps: CapBook, content: Sequence[tuple[str, str, int | None]], holds: Sequence[Hold],
+              digests: Sequence[DigestAdd], now: datetime, extra: Sequence[tuple[str, str]] = ()) -> bool:
+        """Write what the batch's decisions changed, in one pipeline; False when there was nothing.
+
+        ``extra`` are plain ``SET key value EX dedup-ttl`` pairs (fan-out checkpoints).
+        """
+        if not (caps.taken or content or holds or digests or extra):
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        for key, n in caps.taken.items():
+            pipe.incrby(key, n)
+            pipe.expire(key, caps.ttls[key])
+        for key, value, ttl in content:
+            pipe.set(key, value, ex=ttl)
+        for key, value in extra:
+            pipe.set(key, value, ex=self.claim_ttl)
+        self.held.queue(pipe, holds, digests, now)
+        pipe.execute()
+        return True

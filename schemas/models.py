@@ -37,6 +37,8 @@ class State(StrEnum):
     deduplicated = "deduplicated"
     skipped = "skipped"
     failed = "failed"
+    held = "held"
+    """Scheduled, held for quiet hours or put in a digest; released later as routed."""
 
 
 def delivery_id(source: str, event_id: str, rule: str, recipient_id: str, channel: str) -> str:
