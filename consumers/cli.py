@@ -401,8 +401,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_TRAILING = ("switches", "topics")
+"""List positionals that may follow options (``preferences set --user U a/*=on``): argparse
+binds an empty list to them at the first option, so the rest arrives as extras."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        target = next((name for name in _TRAILING if isinstance(getattr(args, name, None), list)), None)
+        if target is None or any(e.startswith("-") for e in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, target).extend(extra)
     try:
         return int(args.func(args))
     except TidingsError as exc:

@@ -272,12 +272,18 @@ def decide_recipient(
                     f"dedup key {compiled.key(event.data, ectx)!r} already used by event {held_by.owner}",
                     channel=channel, recipient_id=recipient.id, rule=rule.name))
             return
-    rendered = renderer.render(
-        rule.template,
-        {"data": event.data, "event": ectx, "recipient": rctx,
-         "rule": {"name": rule.name, "priority": rule.priority.value}},
-        recipient.locale,
-    )
+    shared = renderer.recipient_free(rule.template, recipient.locale)
+    cache_key = (event_key(event.ce.source, event.ce.id), rule.name, rule.template, recipient.locale)
+    rendered = view.rendered.get(cache_key) if shared else None
+    if rendered is None:
+        rendered = renderer.render(
+            rule.template,
+            {"data": event.data, "event": ectx, "recipient": rctx,
+             "rule": {"name": rule.name, "priority": rule.priority.value}},
+            recipient.locale,
+        )
+        if shared:
+            view.rendered[cache_key] = rendered
     category = category_of(event, compiled)
     prefs_user, prefs_tenant, prefs_global = pref_keys(tenant, recipient.id)
     levels = [("user", view.prefs.get(prefs_user, {})), ("tenant", view.prefs.get(prefs_tenant, {})),

@@ -34,6 +34,7 @@ from router import keys
 from router.caps import CapBook
 from router.recipients import Recipient
 from router.schedule import DigestAdd, HeldStore, Hold
+from router.templates import Rendered
 
 # Delete a claim only if we still own it (used when an event is dead-lettered,
 # so that a replay after a fix is not mistaken for a duplicate).
@@ -67,6 +68,9 @@ class View:
     one key in a batch each get their own answer, the first in batch order wins."""
     content: dict[str, str | None] = field(default_factory=dict)
     caps: CapBook = field(default_factory=CapBook)
+    rendered: dict[tuple[str, str, str, str], Rendered] = field(default_factory=dict)
+    """Renderings that do not depend on the recipient, by (event key, rule, template, locale):
+    a fan-out renders those once per page and locale."""
 
 
 def _text(value: Any) -> str:

@@ -31,6 +31,7 @@ from jinja2 import (
     StrictUndefined,
     Template,
     TemplateNotFound,
+    meta,
 )
 from jinja2 import (
     TemplateError as JinjaTemplateError,
@@ -108,6 +109,7 @@ class Renderer:
             cache_size=-1,
         )
         self._resolved: dict[tuple[str, str, str | None], Template | None] = {}
+        self._recipient_free: dict[tuple[str, str | None], bool] = {}
 
     def check(self, names: set[str]) -> None:
         """Fail at start when a template directory or a required part is missing or does not parse."""
@@ -139,6 +141,32 @@ class Renderer:
                 raise TemplateError(f"template {candidate} does not parse: {exc}") from exc
         self._resolved[key] = found
         return found
+
+    def recipient_free(self, name: str, locale: str | None) -> bool:
+        """True when no part of the template (as resolved for ``locale``) reads ``recipient``:
+        its output is then the same for every recipient of one event, and a fan-out renders it
+        once per locale. Templates that include, import or extend others count as reading it."""
+        key = (name, locale)
+        found = self._recipient_free.get(key)
+        if found is not None:
+            return found
+        free = True
+        for part in PARTS:
+            template = self._template(name, part, locale)
+            if template is None or template.filename is None:
+                continue
+            try:
+                source = Path(template.filename).read_text()
+                ast = self.env.parse(source)
+            except (OSError, JinjaTemplateError):
+                free = False
+                break
+            if "recipient" in meta.find_undeclared_variables(ast) or any(
+                    True for _ in meta.find_referenced_templates(ast)):
+                free = False
+                break
+        self._recipient_free[key] = free
+        return free
 
     def render(self, name: str, context: Mapping[str, Any], locale: str | None = None) -> Rendered:
         """Render every part; raise :class:`TemplateError` naming the template and the problem."""

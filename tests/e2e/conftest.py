@@ -68,6 +68,14 @@ class Pipeline:
         self._run(name, loop)
         return loop
 
+    def start_channel_lane(self, name: str, lane: str) -> DeliverConsumer:
+        """One priority lane's consumer (router/lanes.py), in its own group for ``urgent``."""
+        channel = load_channel_class(name).from_config(self.settings.channel_config(name))
+        loop = DeliverConsumer(self.settings, self.catalog, channel, AsyncRedis.from_url(self.settings.redis_url),
+                               lane=lane)
+        self._run(f"{name}-{lane}", loop)
+        return loop
+
     def start_all(self) -> None:
         self.start_router()
         self.start_channel("email")

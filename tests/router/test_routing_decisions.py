@@ -285,3 +285,22 @@ def test_digest_rules_are_validated() -> None:
         _rules(digests=[{"channel": "sms", "every": "hourly"}])
     with pytest.raises(Exception, match="one digest cadence per channel"):
         _rules(digests=[{"channel": "email", "every": "hourly"}, {"channel": "email", "every": "daily"}])
+
+
+def test_recipient_free_renderings_are_shared_within_a_view(renderer: Renderer, tmp_path: Path) -> None:
+    (tmp_path / "news").mkdir()
+    (tmp_path / "news" / "subject.j2").write_text("{{ data.company }} news")
+    (tmp_path / "news" / "text.j2").write_text("{{ data.job_title }}")
+    shared = Renderer(tmp_path)
+    rules = _rules(template="news")
+    view = View()
+    first = route(_event(), rules, MINE, ADA, shared, NOW, DEADLINE, view=view)
+    assert len(view.rendered) == 1
+    grace = ADA.model_copy(update={"id": "u-grace"})
+    second = route(_event(), rules, MINE, grace, shared, NOW, DEADLINE, view=view)
+    assert len(view.rendered) == 1
+    assert (first.deliveries[0].subject, second.deliveries[0].subject) == ("Acme news", "Acme news")
+    # job_match greets by name: never shared.
+    personal = View()
+    route(_event(), _rules(), MINE, ADA, renderer, NOW, DEADLINE, view=personal)
+    assert personal.rendered == {}

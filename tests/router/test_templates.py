@@ -356,3 +356,18 @@ def test_dict_lookups_keep_jinja_semantics(tmp_path: Path) -> None:
     _write(tmp_path, "v", subject="s", text="{{ data.missing }}")
     with pytest.raises(TemplateError, match="missing"):
         Renderer(tmp_path).render("v", _ctx({}))
+
+
+def test_recipient_free_templates_are_recognised(tmp_path: Path) -> None:
+    for name, subject, text in [("plain", "{{ data.x }}", "Hi all"),
+                                ("personal", "{{ data.x }}", "Hi {{ recipient.name }}"),
+                                ("included", "{{ data.x }}", "{% include 'plain/text.j2' %}")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "subject.j2").write_text(subject)
+        (tmp_path / name / "text.j2").write_text(text)
+    (tmp_path / "plain" / "text.de.j2").write_text("Hallo {{ recipient.name }}")
+    renderer = Renderer(tmp_path)
+    assert renderer.recipient_free("plain", "en") is True
+    assert renderer.recipient_free("plain", "de") is False  # the German text greets by name
+    assert renderer.recipient_free("personal", None) is False
+    assert renderer.recipient_free("included", None) is False
