@@ -33,6 +33,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from channels import available_channels
+from channels.registry import load_all
 from consumers.settings import Settings
 from schemas.errors import ConfigError, InputError, TidingsError
 
@@ -258,7 +259,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     Renderer(settings.template_dir).check(rules.templates)
     for rule in rules.rules:
         catalog.for_type(rule.event_type)
-    known = available_channels(settings.channel_modules)
+    known = load_all(settings.channel_modules)  # imports and checks every channel, plugins included
     unknown = sorted(rules.channels - set(known))
     if unknown:
         raise ConfigError(f"unknown channel(s) in rules: {', '.join(unknown)}")

@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     webhook_allow_private: str = ""
     """Comma-separated CIDR networks the SSRF guard lets through although they are not public."""
     webhook_max_redirects: int = Field(default=0, ge=0, le=5)
+    webhook_per_second: float | None = Field(default=None, gt=0)
+    """Requests a second to one receiver (scheme, host, port); unset: only 429 pauses space them."""
 
     # In-app inbox (channels.inapp): the store, the API server and its user tokens
     inbox_max_items: int = Field(default=200, ge=1, le=10_000)
@@ -240,6 +242,7 @@ class Settings(BaseSettings):
                 "auth": self._webhook_auth(),
                 "allow_networks": _networks(self.webhook_allow_private),
                 "max_redirects": self.webhook_max_redirects,
+                "per_second": self.webhook_per_second,
             }
         if channel == "inapp":
             return {

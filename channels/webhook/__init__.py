@@ -38,6 +38,11 @@ not an http(s) URL, or a     ``InvalidAddressError``, before any request
 refused address
 ==========================  ==============================================
 
+Rate: a receiver (scheme, host, port) that answers 429 is paused for its
+``Retry-After`` (one second without one): later sends to it wait, or fail at
+once as rate-limited when the pause is longer than ``max_queue_wait``. With
+``per_second`` set, a token bucket per receiver also spaces the requests.
+
 ``timeout`` bounds one whole attempt (connect, send, answer, redirects); only
 the first 64 KiB of an answer are read.
 """

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_url
 from channels.http import excerpt, parse_retry_after
 from channels.netguard import NetworkGuard, parse_networks
+from channels.ratelimit import EndpointLimiter, Rate
 from channels.signing import secret_key, sign
 from channels.webhook.auth import WebhookAuth, credential_for
 from schemas import Delivery
@@ -26,6 +27,7 @@ from schemas.errors import (
 
 _MAX_ANSWER = 64 * 1024
 _FOLLOWED = (307, 308)  # the redirects that keep the method and the body
+_UNLIMITED = Rate(per_second=1e9, burst=1e9)
 
 
 class WebhookConfig(ChannelConfig):
@@ -46,6 +48,11 @@ class WebhookConfig(ChannelConfig):
     """CIDR networks the SSRF guard lets through although they are not public."""
     max_redirects: int = Field(default=0, ge=0, le=5)
     """307/308 redirects followed per attempt; 0 refuses every redirect."""
+    per_second: float | None = Field(default=None, gt=0)
+    """Requests a second to one receiver (scheme, host and port); None: no bucket, only 429 pauses."""
+    burst: float = Field(default=10.0, ge=1)
+    max_queue_wait: float = Field(default=5.0, ge=0)
+    """Longest wait for a receiver's token or pause; past it the send is rate-limited without calling."""
 
     @field_validator("allow_networks")
     @classmethod
@@ -92,6 +99,8 @@ class WebhookChannel(Channel):
         if self._secret is not None:
             secret_key(self._secret)  # fail at start on a malformed secret
         self.guard = NetworkGuard(config.allow_networks)
+        self.limiter = EndpointLimiter(max_wait=config.max_queue_wait)
+        self._rate = Rate(config.per_second, config.burst) if config.per_second else None
         self._client: httpx.AsyncClient | None = None
         self._closed = False
 
@@ -128,6 +137,9 @@ class WebhookChannel(Channel):
         body = delivery.payload.encode() if delivery.payload is not None else default_body(delivery)
         headers = self.request_headers(delivery, body, int(time.time()))
         credential = credential_for(url, self.config.auth)
+        receiver = f"webhook:{url.scheme}://{url.netloc.decode('ascii')}"
+        # Every receiver gets a key, so a 429's pause holds; a bucket only when a rate is configured.
+        await self.limiter.acquire({receiver: self._rate or _UNLIMITED})
         try:
             async with asyncio.timeout(self.config.timeout):
                 status, answer_headers, answer = await self._post(url, body, headers, credential, masked)
@@ -139,7 +151,10 @@ class WebhookChannel(Channel):
             raise TransientError(f"webhook {masked} failed: {type(exc).__name__}") from exc
         if 200 <= status < 300:
             return Sent(provider_id=_answer_id(answer))
-        raise _failure(status, answer_headers, answer, masked)
+        failure = _failure(status, answer_headers, answer, masked)
+        if isinstance(failure, RateLimitedError):
+            self.limiter.block(receiver, failure.retry_after or 1.0)
+        raise failure
 
     async def _post(
         self, url: httpx.URL, body: bytes, headers: dict[str, str], credential: WebhookAuth | None, masked: str

@@ -271,3 +271,17 @@ def test_entry_point_must_name_a_class(plugin_root: Path) -> None:
 
     with pytest.raises(ConfigError, match="must be 'module:Class'"):
         available_channels()
+
+
+def test_tidings_check_names_a_broken_plugin(tmp_path: Path) -> None:
+    """What an operator sees: the command stops at start, naming the class and what is wrong with it."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    env["TIDINGS_CHANNEL_MODULES"] = ref(BlockingChannel)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-m", "consumers.cli", "check"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 2
+    assert "BlockingChannel" in done.stderr and "must define 'async def send" in done.stderr

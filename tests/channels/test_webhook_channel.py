@@ -397,3 +397,31 @@ def test_in_flight_limit_follows_the_connection_limit() -> None:
         assert channel.max_in_flight() == 5
     finally:
         asyncio.run(channel.aclose())
+
+
+# ------------------------------------------------------------------ receiver rate
+
+
+def test_a_429_pauses_that_receiver_only(make_delivery: Any) -> None:
+    with WebhookSink(statuses={"/slow-down": (429, {"Retry-After": "30"})}) as sink, WebhookSink() as other:
+        cfg = WebhookConfig(trust_env=False, allow_networks=LOOPBACK, max_queue_wait=0)
+        limited, held, elsewhere = asyncio.run(send_all(
+            cfg,
+            hook(make_delivery, sink.url("/slow-down")),
+            hook(make_delivery, sink.url("/hooks/fine")),
+            hook(make_delivery, other.url("/hooks/fine")),
+        ))
+        assert isinstance(limited, RateLimitedError) and limited.retry_after == 30
+        assert isinstance(held, RateLimitedError) and held.retry_after is not None and held.retry_after > 25
+        assert elsewhere.provider_id == "wh_1"
+        assert [r["path"] for r in sink.received()] == ["/slow-down"]  # the held one never left
+
+
+def test_per_second_spaces_requests_to_one_receiver(make_delivery: Any) -> None:
+    with WebhookSink() as sink:
+        cfg = WebhookConfig(trust_env=False, allow_networks=LOOPBACK, per_second=20, burst=1)
+        started = time.monotonic()
+        results = asyncio.run(send_all(cfg, *(hook(make_delivery, sink.url(f"/h/{i}")) for i in range(4))))
+        took = time.monotonic() - started
+    assert all(r.provider_id for r in results)
+    assert took >= 0.14  # three waits of 1/20 s after the first

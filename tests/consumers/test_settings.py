@@ -316,6 +316,7 @@ def test_channel_config_for_builtin_channels(monkeypatch: pytest.MonkeyPatch) ->
     assert email["from_address"] == "Tidings <notifications@localhost>"
     assert s.channel_config("webhook") == {
         "signing_secret": None, "timeout": 3.5, "auth": {}, "allow_networks": (), "max_redirects": 0,
+        "per_second": None,
     }
 
 

@@ -3,6 +3,7 @@ each channel's own consumer (`tidings deliver <channel>`) calls the provider sta
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from consumers.kafka import DLQ_REASON
+from consumers.kafka import DLQ_MESSAGE, DLQ_REASON
 from consumers.settings import Settings
 from consumers.topics import create_topics
 from devstack.providers import TELEGRAM_TOKEN, TWILIO_ACCOUNT, TWILIO_TOKEN, ProviderSink
@@ -74,7 +75,10 @@ def provider_pipeline(kafka_bootstrap: str, redis_url: str, redis_client: Redis,
                 pipeline.publisher.close()
 
 
-def test_every_provider_channel_delivers_through_kafka(provider_pipeline: Pipeline, providers: ProviderSink) -> None:
+def test_every_provider_channel_delivers_through_kafka(
+    provider_pipeline: Pipeline, providers: ProviderSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     pipeline = provider_pipeline
     pipeline.recipients(
         {"id": "u-ada", "name": "Ada", "contacts": contacts("ada", "+15550100001")},
@@ -99,3 +103,9 @@ def test_every_provider_channel_delivers_through_kafka(provider_pipeline: Pipeli
         [dead] = pipeline.read_topic(pipeline.settings.channel_dlq_topic(name), expect=1)
         reason = dict((k, v.decode()) for k, v in (dead.headers() or []))[DLQ_REASON]
         assert reason == "InvalidAddressError", f"{name}: {reason}"
+        message = dict((k, v.decode()) for k, v in (dead.headers() or []))[DLQ_MESSAGE]
+        assert "+15550100002" not in message and "/gone" not in message, message
+    # Nothing the consumers logged, httpx's request lines included, shows a token or a full number.
+    for secret in (TELEGRAM_TOKEN, TWILIO_TOKEN, "+15550100001", "+15550100002", "B1/ada", "77/ada"):
+        assert secret not in caplog.text, secret
+    assert "HTTP Request: POST" in caplog.text
