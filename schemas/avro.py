@@ -105,14 +105,25 @@ def _long(n: int) -> bytes:
     return _UINT[n] if 0 <= n < _SMALL else _zigzag_bytes(n)
 
 
+_MILLIS: dict[datetime, bytes] = {}
+
+
 def _millis(value: Any) -> bytes:
     # The same arithmetic as fastavro's prepare_timestamp_millis for aware datetimes;
-    # naive ones (local time in fastavro) are left to fastavro.
+    # naive ones (local time in fastavro) are left to fastavro. A batch's records share
+    # a few instants (its clock reading, its events' times), so the bytes are kept.
     if isinstance(value, datetime):
+        known = _MILLIS.get(value)
+        if known is not None:
+            return known
         if value.tzinfo is None:
             raise TypeError("naive datetime")
         delta = value - _EPOCH
-        return _long((delta.days * 86400 + delta.seconds) * 1000 + int(delta.microseconds / 1000))
+        encoded = _long((delta.days * 86400 + delta.seconds) * 1000 + int(delta.microseconds / 1000))
+        if len(_MILLIS) >= 4096:
+            _MILLIS.clear()
+        _MILLIS[value] = encoded
+        return encoded
     return _long(value)
 
 

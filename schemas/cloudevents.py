@@ -104,6 +104,7 @@ class CloudEvent:
         )
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
