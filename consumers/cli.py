@@ -6,7 +6,7 @@
     tidings router
     tidings deliver CHANNEL [--lane normal|urgent]
     tidings publish TYPE --data JSON [--subject U] [--source S] [--id ID] [--tenant T] [--topic T]
-    tidings recipients load FILE | get ID | list | remove ID   [--tenant T]
+    tidings recipients load FILE | set ID --data JSON | get ID | list | remove ID   [--tenant T]
     tidings subscriptions set USER TOPIC... | get USER | list TOPIC | remove USER TOPIC...  [--tenant T]
     tidings preferences set CH/SCOPE=on|off... | get | list | remove CH/SCOPE...
                         [--user U | --global] [--tenant T] [--channel C --type T [--category C]]
@@ -96,7 +96,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_recipients(args: argparse.Namespace) -> int:
-    from router.recipients import RecipientStore, read_file
+    from router.recipients import RecipientStore, parse_documents, read_file
 
     settings = _settings()
     if args.action == "load":
@@ -105,6 +105,19 @@ def cmd_recipients(args: argparse.Namespace) -> int:
         recipients = read_file(Path(args.target))  # validate everything before touching Redis
         store = RecipientStore(Redis.from_url(settings.redis_url))
         print(f"loaded {store.put_many(recipients)} recipient(s) from {args.target}")
+        return 0
+    if args.action == "set":
+        if not args.target or args.data is None:
+            raise InputError("recipients set needs an ID and --data JSON")
+        try:
+            doc = json.loads(args.data)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--data is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InputError("--data must be a JSON object")
+        [recipient] = parse_documents([{**doc, "id": args.target, "tenant": args.tenant}], "--data")
+        RecipientStore(Redis.from_url(settings.redis_url)).put_many([recipient])
+        print(f"set recipient {recipient.id} in tenant {recipient.tenant}")
         return 0
     store = RecipientStore(Redis.from_url(settings.redis_url))
     if args.action == "list":
@@ -351,8 +364,9 @@ def parser() -> argparse.ArgumentParser:
     pub.set_defaults(func=cmd_publish)
 
     rec = sub.add_parser("recipients", help="manage recipients in Redis")
-    rec.add_argument("action", choices=["load", "get", "list", "remove"])
-    rec.add_argument("target", nargs="?", help="FILE for load, ID for get and remove")
+    rec.add_argument("action", choices=["load", "set", "get", "list", "remove"])
+    rec.add_argument("target", nargs="?", help="FILE for load, ID for set, get and remove")
+    rec.add_argument("--data", help="set: the recipient document as a JSON object")
     rec.add_argument("--tenant", default="default")
     rec.set_defaults(func=cmd_recipients)
 

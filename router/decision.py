@@ -272,18 +272,30 @@ def decide_recipient(
                     f"dedup key {compiled.key(event.data, ectx)!r} already used by event {held_by.owner}",
                     channel=channel, recipient_id=recipient.id, rule=rule.name))
             return
-    shared = renderer.recipient_free(rule.template, recipient.locale)
-    cache_key = (event_key(event.ce.source, event.ce.id), rule.name, rule.template, recipient.locale)
-    rendered = view.rendered.get(cache_key) if shared else None
-    if rendered is None:
-        rendered = renderer.render(
-            rule.template,
-            {"data": event.data, "event": ectx, "recipient": rctx,
-             "rule": {"name": rule.name, "priority": rule.priority.value}},
-            recipient.locale,
-        )
-        if shared:
-            view.rendered[cache_key] = rendered
+    ekey = event_key(event.ce.source, event.ce.id)
+    context = {"data": event.data, "event": ectx, "recipient": rctx,
+               "rule": {"name": rule.name, "priority": rule.priority.value}}
+    renderings: dict[str | None, Rendered] = {}
+
+    def render_for(channel: str) -> Rendered:
+        """One rendering per channel variant (most channels share the template's common files)."""
+        variant = renderer.variant(rule.template, channel)
+        found = renderings.get(variant)
+        if found is not None:
+            return found
+        shared = renderer.recipient_free(rule.template, recipient.locale, variant)
+        cache_key = (ekey, rule.name, rule.template, recipient.locale, variant or "")
+        found = view.rendered.get(cache_key) if shared else None
+        if found is None:
+            found = renderer.render(rule.template, context, recipient.locale, variant)
+            if shared:
+                view.rendered[cache_key] = found
+        renderings[variant] = found
+        return found
+
+    # Render before any channel is decided: a template that fails dead-letters the whole event.
+    for channel in rule.channels:
+        render_for(channel)
     category = category_of(event, compiled)
     prefs_user, prefs_tenant, prefs_global = pref_keys(tenant, recipient.id)
     levels = [("user", view.prefs.get(prefs_user, {})), ("tenant", view.prefs.get(prefs_tenant, {})),
@@ -308,6 +320,7 @@ def decide_recipient(
         if not address:
             status(State.skipped, "no_address", f"no {channel} contact point")
             continue
+        rendered = render_for(channel)
         content_write: tuple[str, str, int | None] | None = None
         if policy is not None and policy.strategy == "content_change":
             ckey = _content_key(event, compiled, tenant, recipient.id, channel, ectx)

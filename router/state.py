@@ -68,8 +68,9 @@ class View:
     one key in a batch each get their own answer, the first in batch order wins."""
     content: dict[str, str | None] = field(default_factory=dict)
     caps: CapBook = field(default_factory=CapBook)
-    rendered: dict[tuple[str, str, str, str], Rendered] = field(default_factory=dict)
-    """Renderings that do not depend on the recipient, by (event key, rule, template, locale):
+    rendered: dict[tuple[str, str, str, str, str], Rendered] = field(default_factory=dict)
+    """Renderings that do not depend on the recipient, by (event key, rule, template, locale, channel
+    variant):
     a fan-out renders those once per page and locale."""
 
 

@@ -1,6 +1,7 @@
 """``tidings templates check``: render every template the rules use against sample data.
 
-Sample data is derived from each rule's event schema: every field gets a
+Every channel of the rule that has files of its own (``text@sms.j2``) is
+rendered as well. Sample data is derived from each rule's event schema: every field gets a
 value of its Avro type (strings name their field, numbers are small, an enum
 takes its first symbol, a record is filled field by field). Each template is
 rendered twice per locale variant it has: once with every optional (nullable)
@@ -25,7 +26,8 @@ from schemas import Catalog, CloudEvent, Delivery, delivery_id
 from schemas.errors import TemplateError
 
 SAMPLE_TIME = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
-_LOCALE_FILE = re.compile(r"^(subject|text|html)\.(?P<locale>[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*)\.j2$")
+_LOCALE_FILE = re.compile(
+    r"^(subject|text|html)(?:@[a-z0-9_-]+)?\.(?P<locale>[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*)\.j2$")
 
 
 def sample_value(avro_type: Any, name: str, nulls: bool) -> Any:
@@ -84,16 +86,18 @@ def check_all(rules: RuleSet, renderer: Renderer, catalog: Catalog) -> Report:
             data = {f["name"]: sample_value(f["type"], f["name"], variant == "nulls") for f in schema.fields}
             ce = CloudEvent.new(rule.event_type, source="/tidings/templates-check", subject="u-sample",
                                 id="sample-1", time=SAMPLE_TIME)
-            for locale in locales_of(renderer, rule.template):
+            channels = [None, *sorted(renderer.variants(rule.template) & set(rule.channels))]
+            for channel, locale in ((c, loc) for c in channels for loc in locales_of(renderer, rule.template)):
                 context = {
                     "data": data, "event": event_context(ce),
                     "recipient": {"id": "u-sample", "name": "Sample Person", "locale": locale or "en",
                                   "timezone": "UTC"},
                     "rule": {"name": rule.name, "priority": rule.priority.value},
                 }
-                where = f"{rule.template} (rule {rule.name}, locale {locale or 'default'}, {variant} sample)"
+                on = f", channel {channel}" if channel else ""
+                where = f"{rule.template} (rule {rule.name}{on}, locale {locale or 'default'}, {variant} sample)"
                 try:
-                    rendered = renderer.render(rule.template, context, locale)
+                    rendered = renderer.render(rule.template, context, locale, channel)
                 except TemplateError as exc:
                     report.errors.append(f"{where}: {exc}")
                     continue

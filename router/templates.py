@@ -8,6 +8,9 @@ A template is a directory under the template dir, named by the rule::
         html.j2           optional HTML body (autoescaped)
         subject.de.j2     optional per-locale variants, chosen by the recipient's
         text.de.j2        locale ("de-AT" tries de-AT, then de, then the default)
+        text@sms.j2       optional per-channel variants: a channel with files of its own
+        text@sms.de.j2    tries them first (with the same locale fallback), then the
+                          shared files; so a template is per (rule, channel, locale)
 
 Templates run in Jinja2's sandbox with ``StrictUndefined``: a reference to a
 field the event does not have is an error (the event is dead-lettered with
@@ -21,6 +24,7 @@ Context: ``data`` (the event data), ``event`` (``id``, ``source``, ``type``,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from schemas.errors import ConfigError, TemplateError
 
 PARTS = ("subject", "text", "html")
+_VARIANT = re.compile(r"^(?:subject|text|html)@([a-z0-9_-]+)(?:\.[A-Za-z0-9_-]+)?\.j2$")
 REQUIRED_PARTS = ("subject", "text")
 DEFAULT_LOCALE = "en"
 
@@ -108,8 +113,9 @@ class Renderer:
             auto_reload=False,
             cache_size=-1,
         )
-        self._resolved: dict[tuple[str, str, str | None], Template | None] = {}
-        self._recipient_free: dict[tuple[str, str | None], bool] = {}
+        self._resolved: dict[tuple[str, str, str | None, str | None], Template | None] = {}
+        self._recipient_free: dict[tuple[str, str | None, str | None], bool] = {}
+        self._variants: dict[str, frozenset[str]] = {}
 
     def check(self, names: set[str]) -> None:
         """Fail at start when a template directory or a required part is missing or does not parse."""
@@ -126,12 +132,30 @@ class Renderer:
                 if not (folder / f"{part}.j2").exists():
                     raise ConfigError(f"template {name!r}: missing required part {part}.j2")
 
-    def _template(self, name: str, part: str, locale: str | None) -> Template | None:
-        key = (name, part, locale)
+    def variants(self, name: str) -> frozenset[str]:
+        """Channels that have their own files in template ``name`` (``text@sms.j2``)."""
+        found = self._variants.get(name)
+        if found is None:
+            found = frozenset(m.group(1) for p in (self.directory / name).glob("*@*.j2")
+                              if (m := _VARIANT.match(p.name)))
+            self._variants[name] = found
+        return found
+
+    def variant(self, name: str, channel: str | None) -> str | None:
+        """``channel`` when the template has files of its own for it, else None (the shared files)."""
+        return channel if channel is not None and channel in self.variants(name) else None
+
+    def _template(self, name: str, part: str, locale: str | None, channel: str | None = None) -> Template | None:
+        key = (name, part, locale, channel)
         if key in self._resolved:
             return self._resolved[key]
         found: Template | None = None
-        for candidate in (*(f"{name}/{part}.{loc}.j2" for loc in locale_chain(locale)), f"{name}/{part}.j2"):
+        chain = locale_chain(locale)
+        candidates = [f"{name}/{part}.{loc}.j2" for loc in chain] + [f"{name}/{part}.j2"]
+        if channel is not None:
+            candidates = ([f"{name}/{part}@{channel}.{loc}.j2" for loc in chain] + [f"{name}/{part}@{channel}.j2"]
+                          + candidates)
+        for candidate in candidates:
             try:
                 found = self.env.get_template(candidate)
                 break
@@ -142,17 +166,17 @@ class Renderer:
         self._resolved[key] = found
         return found
 
-    def recipient_free(self, name: str, locale: str | None) -> bool:
+    def recipient_free(self, name: str, locale: str | None, channel: str | None = None) -> bool:
         """True when no part of the template (as resolved for ``locale``) reads ``recipient``:
         its output is then the same for every recipient of one event, and a fan-out renders it
         once per locale. Templates that include, import or extend others count as reading it."""
-        key = (name, locale)
+        key = (name, locale, channel)
         found = self._recipient_free.get(key)
         if found is not None:
             return found
         free = True
         for part in PARTS:
-            template = self._template(name, part, locale)
+            template = self._template(name, part, locale, channel)
             if template is None or template.filename is None:
                 continue
             try:
@@ -168,11 +192,14 @@ class Renderer:
         self._recipient_free[key] = free
         return free
 
-    def render(self, name: str, context: Mapping[str, Any], locale: str | None = None) -> Rendered:
-        """Render every part; raise :class:`TemplateError` naming the template and the problem."""
+    def render(self, name: str, context: Mapping[str, Any], locale: str | None = None,
+               channel: str | None = None) -> Rendered:
+        """Render every part (``channel``'s own files first, when it has any); raise
+        :class:`TemplateError` naming the template and the problem."""
         out: dict[str, str | None] = {}
+        channel = self.variant(name, channel)
         for part in PARTS:
-            template = self._template(name, part, locale)
+            template = self._template(name, part, locale, channel)
             if template is None:
                 if part in REQUIRED_PARTS:
                     raise TemplateError(f"template {name!r} has no {part}.j2")

@@ -83,3 +83,16 @@ def test_templates_check_fails_on_a_template_that_breaks_on_sample_data(env: dic
     assert done.returncode == 1
     assert "job_match (rule job-match, locale de, nulls sample)" in done.stderr
     assert "text.de.j2" in done.stderr
+
+
+def test_recipients_set_validates_and_writes_one(env: dict[str, str], redis_client: Redis) -> None:
+    done = tidings(env, "recipients", "set", "u-new", "--tenant", "acme", "--data",
+                   '{"timezone": "Europe/Vienna", "contacts": {"email": "new@example.com"}, '
+                   '"quiet_hours": {"start": "22:00", "end": "06:30"}}')
+    assert done.returncode == 0, done.stderr
+    got = json.loads(tidings(env, "recipients", "get", "u-new", "--tenant", "acme").stdout)
+    assert (got["tenant"], got["timezone"], got["quiet_hours"]) == ("acme", "Europe/Vienna",
+                                                                     {"start": "22:00:00", "end": "06:30:00"})
+    bad = tidings(env, "recipients", "set", "u-bad", "--data", '{"timezone": "Nowhere/Land"}')
+    assert bad.returncode == 2 and "not an IANA time zone" in bad.stderr
+    assert tidings(env, "recipients", "get", "u-bad").returncode == 1

@@ -15,6 +15,7 @@ import yaml
 from confluent_kafka import Consumer, Message, TopicPartition
 from redis import Connection, ConnectionPool, Redis
 
+from consumers.metrics import REGISTRY
 from consumers.router_consumer import RouterConsumer
 from router import keys
 from router.preferences import PreferenceStore, Switch
@@ -43,6 +44,10 @@ class Clock:
     def advance(self, delta: timedelta) -> None:
         with self._lock:
             self.offset += delta
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def add_rules(pipeline: Pipeline, *rules: dict[str, Any], caps: list[dict[str, Any]] | None = None) -> None:
@@ -106,6 +111,7 @@ def test_quiet_hours_hold_until_the_window_ends_then_release_once(pipeline: Pipe
     only_email_rules(pipeline)
     start_router(pipeline, clock)
     pipeline.start_channel("email")
+    suppressed = sample("tidings_suppressions_total", channel="email", reason="quiet_hours")
     pipeline.pub().publish("jobs.match.found", match("u-night"), subject="u-night", source=SOURCE, id="q-1")
     pipeline.pub().publish("jobs.match.found", match("u-day"), subject="u-day", source=SOURCE, id="q-2")
     pipeline.pub().flush()
@@ -114,11 +120,15 @@ def test_quiet_hours_hold_until_the_window_ends_then_release_once(pipeline: Pipe
     assert [(s.recipient_id, s.reason) for s in held] == [("u-night", "quiet_hours")]
     assert [r["to"] for r in pipeline.smtp.received()] == [["u-day@example.com"]]
     assert pipeline.redis.zcard(keys.held_due("quiet_hours")) == 1
+    wait_until(lambda: sample("tidings_held_deliveries", kind="quiet_hours") == 1, what="the held gauge")
+    wait_until(lambda: sample("tidings_suppressions_total", channel="email", reason="quiet_hours") == suppressed + 1,
+               what="the suppression counter")
 
     clock.advance(timedelta(hours=1, minutes=1))
     pipeline.smtp.wait_for(2, timeout=30)
     assert pipeline.smtp.received()[1]["to"] == ["u-night@example.com"]
     wait_until(lambda: pipeline.redis.zcard(keys.held_due("quiet_hours")) == 0, what="held set emptied")
+    wait_until(lambda: sample("tidings_held_deliveries", kind="quiet_hours") == 0, what="the held gauge")
     released = [s for s in statuses(pipeline, expect=4) if s.state is State.routed and s.reason == "quiet_hours"]
     assert len(released) == 1
 

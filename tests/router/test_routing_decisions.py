@@ -304,3 +304,14 @@ def test_recipient_free_renderings_are_shared_within_a_view(renderer: Renderer, 
     personal = View()
     route(_event(), _rules(), MINE, ADA, renderer, NOW, DEADLINE, view=personal)
     assert personal.rendered == {}
+
+
+def test_each_channel_gets_its_own_variant_of_the_template(tmp_path: Path) -> None:
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "subject.j2").write_text("{{ data.job_title }} at {{ data.company }}")
+    (tmp_path / "short" / "text.j2").write_text("A long text for {{ recipient.name }}")
+    (tmp_path / "short" / "text@webhook.j2").write_text("short")
+    decision = route(_event(), _rules(template="short", channels=["email", "webhook"]), MINE, ADA,
+                     Renderer(tmp_path), NOW, DEADLINE)
+    texts = {d.channel: d.text for d in decision.deliveries}
+    assert texts == {"email": "A long text for u-ada\n", "webhook": "short\n"}

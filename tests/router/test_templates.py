@@ -371,3 +371,24 @@ def test_recipient_free_templates_are_recognised(tmp_path: Path) -> None:
     assert renderer.recipient_free("plain", "de") is False  # the German text greets by name
     assert renderer.recipient_free("personal", None) is False
     assert renderer.recipient_free("included", None) is False
+
+
+def test_channel_variants_come_first_with_the_same_locale_fallback(tmp_path: Path) -> None:
+    folder = tmp_path / "alert"
+    folder.mkdir()
+    files = {"subject.j2": "Alert {{ data.n }}", "text.j2": "Long text {{ data.n }}",
+             "text.de.j2": "Langer Text {{ data.n }}", "text@sms.j2": "SMS {{ data.n }}",
+             "text@sms.de.j2": "SMS-DE {{ data.n }}", "subject@slack.j2": "*Alert* {{ data.n }}"}
+    for name, body in files.items():
+        (folder / name).write_text(body)
+    renderer = Renderer(tmp_path)
+    ctx = {"data": {"n": 1}}
+    assert renderer.variants("alert") == {"sms", "slack"}
+    assert renderer.render("alert", ctx, "de-AT", "sms").text == "SMS-DE 1\n"
+    assert renderer.render("alert", ctx, "fr", "sms").text == "SMS 1\n"
+    sms = renderer.render("alert", ctx, "en", "sms")
+    assert sms.subject == "Alert 1"  # no subject of its own: the shared one
+    slack = renderer.render("alert", ctx, "de", "slack")
+    assert (slack.subject, slack.text) == ("*Alert* 1", "Langer Text 1\n")
+    assert renderer.render("alert", ctx, "de", "email").text == "Langer Text 1\n"
+    assert renderer.variant("alert", "email") is None and renderer.variant("alert", "sms") == "sms"
