@@ -287,7 +287,8 @@ def decide_recipient(
         cache_key = (ekey, rule.name, rule.template, recipient.locale, variant or "")
         found = view.rendered.get(cache_key) if shared else None
         if found is None:
-            found = renderer.render(rule.template, context, recipient.locale, variant)
+            found = (renderer.render(rule.template, context, recipient.locale) if variant is None
+                     else renderer.render(rule.template, context, recipient.locale, variant))
             if shared:
                 view.rendered[cache_key] = found
         renderings[variant] = found
