@@ -19,6 +19,9 @@ bucket lives in Redis (a hash keyed by delivery id, so a replayed event is not
 added twice) and survives restarts; releasing it is an atomic claim
 (:mod:`router.schedule`), so one replica sends it.
 
+A digest for a channel other than email also carries a JSON payload
+(``type: tidings.digest``, ``count``, ``title``, ``text`` and ``items``).
+
 The digest template sees ``items`` (each with ``subject``, ``text``,
 ``event_type``, ``event_id``, ``time`` and ``rule``), ``count``,
 ``recipient``, ``rule`` and ``cadence``.
@@ -26,6 +29,7 @@ The digest template sees ``items`` (each with ``subject``, ``text``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from typing import Literal
@@ -107,13 +111,23 @@ def build_digest(bucket: str, items: Sequence[Delivery], renderer: Renderer, tem
     # Deterministic: the same bucket content released again (after a crash) has the same id.
     first = ordered[0].delivery_id
     ident = f"{bucket}|{first}|{len(ordered)}"
+    digest_id = delivery_id(DIGEST_SOURCE, ident, rule, user, channel)
+    payload = None
+    if channel != "email":
+        # Chat, webhook and in-app receivers get the list itself, not only the rendered text.
+        payload = json.dumps({
+            "id": digest_id, "type": "tidings.digest", "tenant": tenant, "recipient": user, "rule": rule,
+            "cadence": every, "count": len(ordered), "title": rendered.subject, "text": rendered.text,
+            "items": [{"event_id": d.event_id, "event_type": d.event_type, "time": d.event_time.isoformat(),
+                       "title": d.subject, "text": d.text} for d in ordered],
+        }, separators=(",", ":"), ensure_ascii=False)
     return Delivery(
-        delivery_id=delivery_id(DIGEST_SOURCE, ident, rule, user, channel),
+        delivery_id=digest_id,
         event_id=ident, event_source=DIGEST_SOURCE, event_type="tidings.digest",
         event_time=now, tenant=tenant, rule=rule, channel=channel, recipient_id=user,
         address=last.address, locale=last.locale, priority=last.priority,
         subject=rendered.subject, text=rendered.text,
-        html=rendered.html if channel == "email" else None,
+        html=rendered.html if channel == "email" else None, payload=payload,
         created_at=now, deadline=now + deadline,
         metadata={"digest_items": str(len(ordered)), "digest_cadence": every},
     )

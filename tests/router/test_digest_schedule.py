@@ -182,3 +182,19 @@ def test_several_replicas_release_each_item_once(redis_client: Redis, redis_url:
         t.join(30)
     assert sorted(seen) == sorted(d.delivery_id for d in items)
     assert HeldStore(redis_client).pending()["scheduled"] == 0
+
+
+def test_a_digest_for_a_chat_or_webhook_channel_carries_the_items_as_json() -> None:
+    import json
+
+    renderer = Renderer(REPO / "config" / "templates")
+    bucket = bucket_id("acme", "u-1", "r", "webhook", "hourly")
+    items = [_delivery(1, channel="webhook"), _delivery(2, channel="webhook")]
+    digest = build_digest(bucket, items, renderer, "digest", NOW, timedelta(hours=1))
+    assert digest.html is None and digest.payload is not None
+    body = json.loads(digest.payload)
+    assert (body["type"], body["id"], body["count"], body["cadence"]) == ("tidings.digest", digest.delivery_id, 2,
+                                                                           "hourly")
+    assert [i["title"] for i in body["items"]] == ["item 1", "item 2"]
+    assert build_digest(bucket_id("acme", "u-1", "r", "email", "hourly"), [_delivery(1)], renderer, "digest", NOW,
+                        timedelta(hours=1)).payload is None
