@@ -162,9 +162,7 @@ class RouterConsumer(ConsumerLoop):
                 ectx = event_context(ce)
                 ectx_matched = [r for r in rules if r.matches(p.event.data, ectx)]
                 for r in ectx_matched:
-                    if r.rule.audience == "subscribers":
-                        p.topics[r.rule.name] = r.topic(p.event.data, ectx)
-                    elif ce.subject is not None:
+                    if r.rule.audience == "subject" and ce.subject is not None:
                         add_needs(needs, p.event, r, ce.tenant, ce.subject, limits, now)
             except InputError:
                 continue  # route() evaluates again and dead-letters the event with the reason
@@ -187,6 +185,8 @@ class RouterConsumer(ConsumerLoop):
                     snapshot.recipients.get(ref), self.renderer, now, self.deadline,
                     snapshot.problems.get(ref), view=snapshot.view, limits=limits, matched=p.matched,
                 )
+                for r in decision.fanouts:
+                    p.topics[r.rule.name] = r.topic(p.event.data, event_context(ce))
             except InputError as exc:
                 dead.append((p.msg, exc))
                 release.append((p.key, p.owner))
@@ -276,11 +276,12 @@ class RouterConsumer(ConsumerLoop):
                 try:
                     decide_recipient(decision, p.event, compiled, recipient, self.renderer, now, self.deadline,
                                      snapshot.view, self.rules.caps)
-                except InputError as exc:
-                    # One subscriber's data (a template over its name, say) must not stop the others.
+                except Exception as exc:  # noqa: BLE001 - one subscriber must not stop the others
+                    # A template over a subscriber's own fields, say: reported for that one, the rest go on.
+                    error = exc if isinstance(exc, InputError) else _unexpected(exc)
                     decision.statuses.append(Status(
                         state=State.failed, event_id=ce.id, event_source=ce.source, event_type=ce.type,
-                        reason=exc.reason, rule=compiled.rule.name, recipient_id=user, detail=str(exc)[:500]))
+                        reason=error.reason, rule=compiled.rule.name, recipient_id=user, detail=str(error)[:500]))
             self._produce(decision)
             try:
                 self.producer.commit_point()

@@ -318,3 +318,15 @@ def test_a_batch_costs_one_redis_round_trip_and_one_more_only_when_it_changes_st
 def _commands(redis: Redis) -> int:
     info: dict[str, Any] = redis.info("stats")
     return int(info["total_commands_processed"])
+
+
+def test_a_subscribers_topic_that_cannot_be_rendered_dead_letters_the_event(pipeline: Pipeline) -> None:
+    only_email_rules(pipeline, audience="subscribers", topic="company:{{ data.no_such_field }}")
+    start_router(pipeline, Clock())
+    pipeline.pub().publish("jobs.match.found", match("nobody"), source=SOURCE, id="bad-topic")
+    pipeline.pub().publish("jobs.match.found", match("nobody"), source=SOURCE, id="also-bad")
+    pipeline.pub().flush()
+    dead = pipeline.read_topic(pipeline.settings.router_dlq_topic, expect=2)
+    reasons = {dict(m.headers() or [])["tidings_dlq_reason"] for m in dead}
+    assert reasons == {b"TopicError"}
+    assert len(dead) == 2
