@@ -62,8 +62,8 @@ def build_deliverer(settings: Settings, channel_name: str, lane: str | None = No
     cls = load_channel_class(channel_name, settings.channel_modules)
     channel = cls.from_config(settings.channel_config(channel_name))
     lanes = LANES if lane is None else (lane,)
-    needed = [*(settings.deliver_topic(channel_name, ln) for ln in lanes), settings.channel_dlq_topic(channel_name),
-              settings.status_topic]
+    needed = [*(settings.deliver_topic(channel_name, ln) for ln in lanes), *settings.retry_topics(channel_name),
+              settings.channel_dlq_topic(channel_name), settings.status_topic]
     missing = missing_topics(settings, needed)
     if missing:
         raise ConfigError(f"missing topic(s): {', '.join(missing)}; run `tidings topics create`")

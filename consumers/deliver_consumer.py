@@ -1,20 +1,21 @@
 """A channel consumer: Delivery records in, provider calls out, every outcome recorded.
 
-Per batch: decode (undecodable records are dead-lettered), skip deliveries
-already marked sent in Redis (one round trip), drop stale ones, send the rest
-concurrently under the channel's in-flight limit, retrying transient failures
-in place a few times, then mark the sent ones in Redis (one round trip),
-produce status events and dead letters, wait for Kafka's acknowledgement, and
-only then store the offsets.
+It reads its channel's main topic and every retry tier of it in one group.
+Per batch: records of a retry partition whose head is not yet due are left
+alone and the partition is held (paused) until it is; the rest are decoded
+(undecodable records are dead-lettered), deliveries already marked sent in
+Redis are skipped (one round trip), stale ones are dropped, and the rest are
+sent once each, concurrently under the channel's in-flight limit. A transient
+failure goes to the next retry tier (see :mod:`consumers.retry`), a permanent
+one or the last allowed attempt to the DLQ. While an endpoint's circuit
+breaker is open, its deliveries go to a retry tier without calling the
+provider. Then the sent marks are written (one round trip), the retry records,
+status events and dead letters are produced, Kafka's acknowledgement is
+awaited, and only then are the offsets stored.
 
 Duplicate window: a crash after the provider accepted a message and before
 the sent mark is written re-sends it on restart. Receivers get the delivery id
 (``webhook-id``, ``Message-ID``) to close that window on their side.
-
-On shutdown, deliveries that failed transiently are handed back instead of
-retried in place: offsets are stored only up to the first unfinished record
-of each partition, and the next owner re-reads from there (sent marks turn the
-finished ones after it into no-ops).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from confluent_kafka import Message, TopicPartition
 from redis.asyncio import Redis
@@ -32,12 +34,14 @@ from redis.exceptions import RedisError
 
 from channels.base import Channel, Sent
 from consumers import metrics
-from consumers.kafka import ProduceError, coordinates, now_text
+from consumers.breaker import Breakers
+from consumers.kafka import ProduceError, coordinates, headers_of, now_text
 from consumers.loop import ConsumerLoop, RetryBatch
+from consumers.retry import GiveUp, RetryPlan, RetryState, Tier, plan_retry, retry_headers
 from consumers.settings import Settings
 from router import keys
 from schemas import Catalog, Delivery, State, Status
-from schemas.errors import DecodeError, DeliveryError, PermanentError, RateLimitedError, TransientError
+from schemas.errors import DecodeError, DeliveryError, PermanentError, RateLimitedError
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +49,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Item:
     msg: Message
+    retry: RetryState
     delivery: Delivery | None = None
     error: Exception | None = None
     attempts: int = 0
     first_failure: str | None = None
-    outcome: str = "pending"  # delivered | already_sent | dead_lettered | stale | handed_back
+    # delivered | already_sent | duplicate | dead_lettered | stale | retrying | waiting
+    outcome: str = "pending"
     sent: Sent | None = None
+    plan: RetryPlan | None = None
+    cause: str = "transient"
     done: bool = False
+
+
+def endpoint_of(channel: str, delivery: Delivery) -> str:
+    """The provider endpoint a delivery goes to, for its circuit breaker: the scheme and
+    host of a URL address (webhooks and other HTTP providers), else the channel itself
+    (one relay or one provider API for every recipient)."""
+    address = delivery.address
+    if "://" in address:
+        parts = urlsplit(address)
+        if parts.hostname:
+            port = f":{parts.port}" if parts.port else ""
+            return f"{channel}:{parts.scheme}://{parts.hostname}{port}"
+    return channel
 
 
 class DeliverConsumer(ConsumerLoop):
@@ -63,14 +84,19 @@ class DeliverConsumer(ConsumerLoop):
         # Priority lanes (router/lanes.py): lane None reads both topics; "urgent" gets its own group.
         lanes = ["normal", "urgent"] if lane is None else [lane]
         group = f"deliver-{channel.name}" + ("-urgent" if lane == "urgent" else "")
+        self.ladder: tuple[Tier, ...] = settings.retry_ladder
+        # The retry tiers are read with the normal lane; an urgent-lane consumer writes to them.
+        self.tier_topics = ({settings.retry_topic(channel.name, t.label): t for t in self.ladder}
+                            if lane in (None, "normal") else {})
         super().__init__(settings, catalog, settings.group(group),
-                         [settings.deliver_topic(channel.name, ln) for ln in lanes], **kwargs)
+                         [*(settings.deliver_topic(channel.name, ln) for ln in lanes), *self.tier_topics], **kwargs)
         self.channel = channel
         self.redis = redis
         self.dlq_topic = settings.channel_dlq_topic(channel.name)
         self.aio = asyncio.new_event_loop()
         limit = min(settings.max_in_flight, channel.max_in_flight())
         self.semaphore = asyncio.Semaphore(limit)
+        self.breakers = Breakers(settings.breaker_threshold, settings.breaker_cooldown)
 
     def handle(self, messages: list[Message]) -> list[TopicPartition]:
         return self.aio.run_until_complete(self.process(messages))
@@ -83,13 +109,30 @@ class DeliverConsumer(ConsumerLoop):
     # -- one batch ------------------------------------------------------------
 
     async def process(self, messages: list[Message]) -> list[TopicPartition]:
-        items = [_Item(m) for m in messages]
-        for item in items:
+        now = datetime.now(UTC)
+        items: list[_Item] = []
+        waiting: set[tuple[str, int]] = set()
+        for m in messages:
+            topic, partition, offset = coordinates(m)
+            item = _Item(m, RetryState.from_headers(headers_of(m)) if topic in self.tier_topics else RetryState())
+            items.append(item)
+            if (topic, partition) in waiting:
+                item.outcome = "waiting"
+                continue
+            wait = item.retry.seconds_until_due(now)
+            if wait > 0:
+                # The head of this retry partition is not due: pause the partition until it is.
+                self.hold(topic, partition, offset, time.monotonic() + wait)
+                waiting.add((topic, partition))
+                item.outcome = "waiting"
+                continue
+            item.attempts = item.retry.attempts
+            item.first_failure = item.retry.first_failure
             try:
-                item.delivery = Delivery.decode(self.catalog, item.msg.value())
+                item.delivery = Delivery.decode(self.catalog, m.value())
             except DecodeError as exc:
                 item.error = exc
-                item.attempts = 1
+                item.attempts += 1
                 item.outcome = "dead_lettered"
 
         live = [i for i in items if i.delivery is not None]
@@ -99,7 +142,6 @@ class DeliverConsumer(ConsumerLoop):
             raise RetryBatch("redis", backoff=0.5) from exc
         seen: set[str] = set()
         todo: list[_Item] = []
-        now = datetime.now(UTC)
         for item, marked in zip(live, marks, strict=True):
             d = item.delivery
             assert d is not None
@@ -167,72 +209,79 @@ class DeliverConsumer(ConsumerLoop):
             self.health.tick()
 
     async def _deliver(self, item: _Item) -> None:
+        """One attempt, unless the endpoint's breaker is open; then the outcome's path."""
         d = item.delivery
         assert d is not None
-        attempts = self.settings.send_attempts
-        for attempt in range(1, attempts + 1):
-            item.attempts = attempt
-            started = time.perf_counter()
-            try:
-                async with self.semaphore:
-                    item.sent = await self.channel.send(d)
-            except PermanentError as exc:
-                self._failed(item, exc, started)
-                item.outcome = "dead_lettered"
-                return
-            except (TransientError, DeliveryError, Exception) as exc:
-                # Unknown exceptions from a channel are bugs or unmapped provider answers:
-                # treat them as transient so the delivery is retried, then dead-lettered.
-                self._failed(item, exc, started)
-                if not isinstance(exc, DeliveryError):
-                    log.exception("%s channel raised an unexpected error", self.channel_name)
-                if self.stop_event.is_set():
-                    item.outcome = "handed_back"
-                    return
-                wait = self._backoff(exc, attempt)
-                if attempt == attempts or wait is None:
-                    item.outcome = "dead_lettered"
-                    return
-                metrics.DELIVERIES.labels(self.channel_name, "retried_in_place").inc()
-                await self._pause(wait)
-                if self.stop_event.is_set():
-                    item.outcome = "handed_back"
-                    return
-                continue
-            metrics.SEND_LATENCY.labels(self.channel_name).observe(time.perf_counter() - started)
-            metrics.END_TO_END_LATENCY.labels(self.channel_name).observe(
-                max(0.0, (datetime.now(UTC) - d.event_time).total_seconds()))
-            item.outcome = "delivered"
+        endpoint = endpoint_of(self.channel_name, d)
+        breaker = self.breakers.get(endpoint)
+        allowed, change = breaker.allow(time.monotonic())
+        self._breaker_changed(change)
+        if not allowed:
+            item.cause = "circuit_open"
+            item.error = item.error or RuntimeError(f"circuit open for {endpoint}")
+            self._plan(item, count_attempt=False)
             return
+        started = time.perf_counter()
+        try:
+            async with self.semaphore:
+                item.sent = await self.channel.send(d)
+        except PermanentError as exc:
+            self._failed(item, exc, started)
+            self._breaker_changed(breaker.record_success())  # the endpoint answered; the message is bad
+            item.attempts += 1
+            item.outcome = "dead_lettered"
+            return
+        except Exception as exc:
+            # Unknown exceptions from a channel are bugs or unmapped provider answers:
+            # treat them as transient so the delivery is retried, then dead-lettered.
+            self._failed(item, exc, started)
+            if not isinstance(exc, DeliveryError):
+                log.exception("%s channel raised an unexpected error", self.channel_name)
+            self._breaker_changed(breaker.record_failure(time.monotonic()))
+            item.cause = "rate_limited" if isinstance(exc, RateLimitedError) else "transient"
+            self._plan(item, count_attempt=True)
+            return
+        self._breaker_changed(breaker.record_success())
+        item.attempts += 1
+        metrics.SEND_LATENCY.labels(self.channel_name).observe(time.perf_counter() - started)
+        metrics.END_TO_END_LATENCY.labels(self.channel_name).observe(
+            max(0.0, (datetime.now(UTC) - d.event_time).total_seconds()))
+        item.outcome = "delivered"
 
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake early when shutdown begins."""
-        deadline = time.monotonic() + seconds
-        while not self.stop_event.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await asyncio.sleep(min(left, 0.1))
+    def _plan(self, item: _Item, *, count_attempt: bool) -> None:
+        d = item.delivery
+        assert d is not None and item.error is not None
+        s = self.settings
+        plan = plan_retry(item.error, item.attempts, self.ladder, s.retry_max_attempts, datetime.now(UTC),
+                          deadline=d.deadline, jitter=s.retry_jitter, count_attempt=count_attempt)
+        item.attempts = plan.attempts
+        if isinstance(plan, GiveUp):
+            if plan.reason == "deadline":
+                item.outcome = "stale"
+            else:
+                item.outcome = "dead_lettered"
+            return
+        item.plan = plan
+        item.outcome = "retrying"
+
+    def _breaker_changed(self, state: object | None) -> None:
+        if state is None:
+            return
+        metrics.CIRCUIT_TRANSITIONS.labels(self.channel_name, str(state)).inc()
+        metrics.CIRCUIT_OPEN.labels(self.channel_name).set(self.breakers.not_closed())
+        log.warning("%s: circuit breaker now %s (%d endpoint(s) not closed)",
+                    self.channel_name, state, self.breakers.not_closed())
 
     def _failed(self, item: _Item, exc: Exception, started: float) -> None:
         metrics.SEND_LATENCY.labels(self.channel_name).observe(time.perf_counter() - started)
         item.error = exc
         item.first_failure = item.first_failure or now_text()
 
-    def _backoff(self, exc: Exception, attempt: int) -> float | None:
-        """Seconds to wait before the next attempt in place, or None to give up now."""
-        base = float(self.settings.retry_backoff * 2.0 ** (attempt - 1))
-        if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
-            if exc.retry_after > self.settings.max_retry_after:
-                return None
-            return max(base, float(exc.retry_after))
-        return float(base)
-
     # -- outcomes -----------------------------------------------------------------
 
     def _record(self, item: _Item) -> None:
         d = item.delivery
-        if item.outcome == "handed_back":
+        if item.outcome == "waiting":
             return
         item.done = True
         self.count(metrics.DELIVERIES, self.channel_name, item.outcome)
@@ -242,22 +291,42 @@ class DeliverConsumer(ConsumerLoop):
             exc = item.error or DecodeError("unknown failure")
             reason = type(exc).__name__
             message = str(exc) or reason
-            if isinstance(exc, TransientError) or not isinstance(exc, DeliveryError):
+            if not isinstance(exc, PermanentError) and not isinstance(exc, DecodeError):
                 message = f"gave up after {item.attempts} attempt(s): {message}"
-            self.dead_letter(item.msg, self.dlq_topic, reason, message, item.attempts, item.first_failure)
+            self._dead_letter(item, reason, message)
             if d is not None:
                 self.publish_status(Status.for_delivery(d, State.dead_lettered, reason=reason,
-                                                 detail=message[:500], attempt=item.attempts))
+                                                        detail=message[:500], attempt=item.attempts))
             return
         assert d is not None
         if item.outcome == "stale":
-            self.publish_status(Status.for_delivery(d, State.failed, reason="stale",
-                                             detail=f"deadline {d.deadline} passed before sending"))
+            detail = (f"deadline {d.deadline} passed before sending" if item.error is None else
+                      f"next attempt would fall after the deadline {d.deadline}; last error: {item.error}")
+            if self.settings.stale_to_dlq:
+                self._dead_letter(item, "stale", detail)
+                self.publish_status(Status.for_delivery(d, State.dead_lettered, reason="stale",
+                                                        detail=detail[:500], attempt=item.attempts))
+            else:
+                self.publish_status(Status.for_delivery(d, State.failed, reason="stale",
+                                                        detail=detail[:500], attempt=item.attempts))
+        elif item.outcome == "retrying":
+            plan = item.plan
+            assert plan is not None and item.error is not None
+            topic = self.settings.retry_topic(self.channel_name, plan.tier.label)
+            headers = retry_headers(headers_of(item.msg), plan, item.first_failure or now_text(), item.error)
+            self.producer.send(topic, item.msg.value() or b"", key=item.msg.key(), headers=headers)
+            self.count(metrics.RETRIES, self.channel_name, plan.tier.label, item.cause)
+            self.publish_status(Status.for_delivery(
+                d, State.retrying, reason=type(item.error).__name__ if item.cause != "circuit_open" else item.cause,
+                detail=f"next attempt at {plan.due.isoformat(timespec='seconds')} via {plan.tier.label}: "
+                       f"{item.error}"[:500], attempt=item.attempts))
         elif item.outcome == "delivered":
             self.publish_status(Status.for_delivery(
                 d, State.delivered, attempt=item.attempts,
                 provider_id=item.sent.provider_id if item.sent else None))
 
+    def _dead_letter(self, item: _Item, reason: str, message: str) -> None:
+        self.dead_letter(item.msg, self.dlq_topic, reason, message, max(item.attempts, 1), item.first_failure)
 
 
 def _storable(items: list[_Item]) -> list[TopicPartition]:

@@ -24,7 +24,7 @@ ROUTER_DECISIONS = Counter(
 )
 DELIVERIES = Counter(
     "tidings_deliveries",
-    "Delivery outcomes by channel: delivered, dead_lettered, retried_in_place, already_sent, duplicate, stale.",
+    "Delivery outcomes by channel: delivered, retrying, dead_lettered, already_sent, duplicate, stale.",
     ["channel", "outcome"],
     registry=REGISTRY,
 )

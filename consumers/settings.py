@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from consumers.retry import Tier, parse_ladder
 from schemas.errors import ConfigError
 
 ENV_PREFIX = "TIDINGS_"
@@ -86,11 +87,18 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=100_000)
     poll_timeout: float = Field(default=0.5, gt=0)
     max_in_flight: int = Field(default=64, ge=1)
-    send_attempts: int = Field(default=3, ge=1, le=20)
-    """Attempts in place before a transient failure is dead-lettered."""
-    retry_backoff: float = Field(default=0.5, ge=0)
-    max_retry_after: float = Field(default=10.0, ge=0)
-    """Longest provider-requested wait honoured in place; longer waits are dead-lettered."""
+    retry_tiers: str = "10s,1m,10m,1h"
+    """Delays of the retry topics ``<prefix>deliver.<channel>.retry.<delay>``, comma-separated."""
+    retry_max_attempts: int = Field(default=5, ge=1, le=100)
+    """Attempts (the first one included) before a transiently failing delivery is dead-lettered."""
+    retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    """Up to this fraction of a tier's delay is added at random, to spread retries."""
+    stale_to_dlq: bool = False
+    """Dead-letter deliveries past their deadline instead of dropping them (with a status) as stale."""
+    breaker_threshold: int = Field(default=5, ge=1)
+    """Consecutive transient failures of one provider endpoint that open its circuit breaker."""
+    breaker_cooldown: float = Field(default=30.0, gt=0)
+    """Seconds an open breaker waits before letting one probe through (half-open)."""
     sent_ttl_seconds: int = Field(default=30 * 86400, ge=60)
     shutdown_timeout: float = Field(default=20.0, gt=0)
     metrics_host: str = "0.0.0.0"  # noqa: S104 - probes and scrapes come from outside the pod
@@ -169,6 +177,12 @@ class Settings(BaseSettings):
     sms_per_second: float | None = Field(default=None, gt=0)
     sms_timeout: float = Field(default=10.0, gt=0)
 
+    @field_validator("retry_tiers")
+    @classmethod
+    def _tiers(cls, value: str) -> str:
+        parse_ladder(value)
+        return value
+
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
@@ -212,6 +226,17 @@ class Settings(BaseSettings):
 
     def channel_dlq_topic(self, channel: str) -> str:
         return self.topic(f"deliver.{channel}.dlq")
+
+    @property
+    def retry_ladder(self) -> tuple[Tier, ...]:
+        # not cached: model_copy(update=...) would carry a cached ladder over
+        return parse_ladder(self.retry_tiers)
+
+    def retry_topic(self, channel: str, tier: str) -> str:
+        return self.topic(f"deliver.{channel}.retry.{tier}")
+
+    def retry_topics(self, channel: str) -> list[str]:
+        return [self.retry_topic(channel, t.label) for t in self.retry_ladder]
 
     def group(self, role: str) -> str:
         return f"{self.group_prefix}{role}"

@@ -6,6 +6,8 @@ topic (default prefix ``tidings.``)    holds
 ``tidings.events``                     domain events (CloudEvents headers + Avro)
 ``tidings.deliver.<channel>``          Delivery records, keyed by ``<tenant>:<recipient>``
 ``tidings.deliver.<channel>.urgent``   urgent Delivery records: their own lane (router/lanes.py)
+``tidings.deliver.<channel>.retry.<d>``  deliveries waiting for another attempt, one topic per
+                                       delay tier ``<d>`` (``TIDINGS_RETRY_TIERS``), retry headers
 ``tidings.deliver.<channel>.dlq``      deliveries that failed for good, with DLQ headers
 ``tidings.router.dlq``                 events the router could not process, with DLQ headers
 ``tidings.status``                     every state change of every event and delivery
@@ -43,6 +45,7 @@ def topic_specs(settings: Settings, channels: Iterable[str]) -> list[TopicSpec]:
     for channel in sorted(set(channels)):
         specs.append(TopicSpec(settings.deliver_topic(channel), 7 * DAY_MS))
         specs.append(TopicSpec(settings.deliver_topic(channel, "urgent"), 7 * DAY_MS))
+        specs.extend(TopicSpec(t, 7 * DAY_MS) for t in settings.retry_topics(channel))
         specs.append(TopicSpec(settings.channel_dlq_topic(channel), 30 * DAY_MS))
     return specs
 

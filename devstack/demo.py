@@ -96,8 +96,6 @@ class Stack:
             "TIDINGS_WEBHOOK_ALLOW_PRIVATE": "127.0.0.0/8",  # the local receiver; the SSRF guard refuses loopback
             "TIDINGS_SMTP_ATTACHMENT_ALLOW_PRIVATE": "127.0.0.0/8",  # attachment URLs on the local file server
             **provider_env(),
-            "TIDINGS_SEND_ATTEMPTS": "2",
-            "TIDINGS_RETRY_BACKOFF": "0.2",
             "TIDINGS_BATCH_SIZE": "200",
             "PYTHONUNBUFFERED": "1",
         }

@@ -143,7 +143,9 @@ def test_variable_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) ->
         ("TIDINGS_SMTP_SECURITY", "ssl"),
         ("TIDINGS_METRICS_PORT", "70000"),
         ("TIDINGS_POLL_TIMEOUT", "0"),
-        ("TIDINGS_SEND_ATTEMPTS", "many"),
+        ("TIDINGS_RETRY_MAX_ATTEMPTS", "many"),
+        ("TIDINGS_RETRY_TIERS", "10s,soon"),
+        ("TIDINGS_RETRY_JITTER", "2"),
     ],
 )
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:

@@ -49,6 +49,12 @@ class Pipeline:
     loops: dict[str, tuple[ConsumerLoop, threading.Thread]] = field(default_factory=dict)
     publisher: Publisher | None = None
 
+    def reconfigure(self, **update: Any) -> Settings:
+        """New settings for processes started from now on; topics they name (retry tiers) are created."""
+        self.settings = self.settings.model_copy(update=update)
+        create_topics(self.settings, ["email", "webhook"])
+        return self.settings
+
     # -- processes ------------------------------------------------------
 
     def start_router(self, renderer: Renderer | None = None, **overrides: Any) -> RouterConsumer:
@@ -165,8 +171,10 @@ def pipeline(kafka_bootstrap: str, redis_url: str, redis_client: Redis, unique: 
         smtp_port=smtp.port,
         webhook_signing_secret=SECRET,
         webhook_allow_private="127.0.0.0/8",  # the receivers are on loopback, which the SSRF guard refuses
-        send_attempts=2,
-        retry_backoff=0.05,
+        retry_tiers="300ms,1s",
+        retry_max_attempts=2,
+        retry_jitter=0.0,
+        breaker_threshold=50,
         poll_timeout=0.2,
         metrics_port=0,
     )

@@ -211,7 +211,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_later_events_flow(pipeli
     assert sorted((r["path"], r["status"]) for r in hooks) == [("/gone", 410), ("/hooks/ada", 200)]
 
 
-def test_transient_failures_are_retried_in_place_then_dead_lettered(pipeline: Pipeline) -> None:
+def test_transient_failures_are_retried_through_the_tiers_then_dead_lettered(pipeline: Pipeline) -> None:
     pipeline.recipients({"id": "u-busy", "contacts": {"webhook": pipeline.web.url("/busy")}})
     pipeline.start_all()
     pipeline.pub().publish("system.alert", {"severity": "critical", "component": "db", "message": "down"},
@@ -229,7 +229,7 @@ def test_a_transient_failure_that_recovers_is_delivered(pipeline: Pipeline) -> N
 
     pipeline.web.replies["/flaky"] = Reply(503)
     pipeline.recipients({"id": "u-flaky", "contacts": {"webhook": pipeline.web.url("/flaky")}})
-    pipeline.settings = pipeline.settings.model_copy(update={"send_attempts": 5, "retry_backoff": 0.3})
+    pipeline.reconfigure(retry_max_attempts=5)
     pipeline.start_channel("webhook")
     pipeline.start_router()
     pipeline.pub().publish("system.alert", {"severity": "critical", "component": "db", "message": "x"},
@@ -353,26 +353,26 @@ def test_an_unexpected_error_dead_letters_the_event_and_the_partition_moves_on(p
     assert mail["delivery_id"] == delivery_id(SOURCE, "fine", "job-match", "u-ada", "email")
 
 
-def test_shutdown_hands_back_a_delivery_that_is_still_failing(pipeline: Pipeline) -> None:
+def test_a_delivery_waiting_in_a_retry_tier_survives_a_restart(pipeline: Pipeline) -> None:
     from devstack.sinks import Reply
 
     pipeline.web.replies["/later"] = Reply(503)
     pipeline.recipients({"id": "u-later", "contacts": {"webhook": pipeline.web.url("/later")}})
-    pipeline.settings = pipeline.settings.model_copy(update={"send_attempts": 10, "retry_backoff": 5.0})
+    pipeline.reconfigure(retry_tiers="4s", retry_max_attempts=10)
     pipeline.start_router()
     pipeline.start_channel("webhook")
     pipeline.pub().publish("system.alert", {"severity": "critical", "component": "db", "message": "x"},
                            subject="u-later", source=SOURCE, id="later-1")
     pipeline.pub().flush()
     pipeline.web.wait_for(1, timeout=30)
-    started = time.monotonic()
-    pipeline.stop("webhook")  # while it waits 5 s before its second attempt
+    failed_at = started = time.monotonic()
+    pipeline.stop("webhook")  # while its retry waits 4 s in the tier topic: the stop does not wait for it
     assert time.monotonic() - started < 3.0
-    # Neither delivered nor dead-lettered: the record was not committed, so it comes back.
     statuses = [Status.decode(pipeline.catalog, m.value())
-                for m in pipeline.read_topic(pipeline.settings.status_topic, expect=2)]
-    assert [s.state for s in statuses if s.channel == "webhook"] == [State.routed]
+                for m in pipeline.read_topic(pipeline.settings.status_topic, expect=3)]
+    assert [s.state for s in statuses if s.channel == "webhook"] == [State.routed, State.retrying]
     pipeline.web.replies["/later"] = Reply(200)
     pipeline.start_channel("webhook")
     records = pipeline.web.wait_for(lambda rs: any(r["status"] == 200 for r in rs), timeout=30)
     assert [r["status"] for r in records] == [503, 200]
+    assert time.monotonic() - failed_at >= 4.0  # not sooner than its tier's delay
