@@ -15,6 +15,9 @@
     tidings status ID
     tidings inbox serve [--host H] [--port P]    the in-app inbox API, live stream and page
     tidings inbox token USER [--tenant T] [--ttl SECONDS]
+    tidings dlq list CHANNEL|router [--reason R] [--since T] [--limit N]
+    tidings dlq show CHANNEL|router PARTITION:OFFSET|ID
+    tidings dlq replay CHANNEL|router [--reason R] [--since T] [--limit N] [--id ID ...] [--dry-run]
     tidings check            validate rules, templates and schemas
     tidings config           print the settings in force (secrets masked)
 """
@@ -258,6 +261,49 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from consumers import dlq
+
+    settings = _settings()
+    known = available_channels(settings.channel_modules)
+    if args.target != dlq.ROUTER and args.target not in known:
+        raise InputError(f"no channel {args.target!r}; give one of {', '.join(sorted(known))} or 'router'")
+    topic = dlq.dlq_topic(settings, args.target)
+    since = dlq.parse_since(args.since) if args.since else None
+    ids = [*args.ids, *args.extra_ids]
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1")
+    if args.action == "show":
+        if not ids:
+            raise InputError("dlq show needs PARTITION:OFFSET or a delivery or event id")
+        found = dlq.select(dlq.read(settings, topic), ids=ids)
+        if not found:
+            print(f"nothing in {topic} matches {', '.join(ids)}", file=sys.stderr)
+            return 1
+        from schemas import Catalog
+
+        catalog = Catalog.load()
+        print("\n\n".join(dlq.describe(r, catalog) for r in found))
+        return 0
+    found = dlq.select(dlq.read(settings, topic), reason=args.reason, since=since, limit=args.limit,
+                       ids=ids)
+    if args.action == "list":
+        for r in found:
+            print(r.summary())
+        print(f"{len(found)} record(s) in {topic}", file=sys.stderr)
+        return 0
+    report = dlq.replay(settings, args.target, found, dry_run=args.dry_run, progress=sys.stderr)
+    where = ", ".join(f"{n} to {t}" for t, n in sorted(report.targets.items())) or "nothing"
+    if args.dry_run:
+        for r in found:
+            print(r.summary())
+        print(f"dry run: would replay {report.selected} record(s) from {topic}: {where}", file=sys.stderr)
+    else:
+        print(f"replayed {report.replayed} record(s) from {topic}: {where}; "
+              f"{report.statuses} status event(s) on {settings.status_topic}", file=sys.stderr)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from router.rules import RuleSet
     from router.templates import Renderer
@@ -410,6 +456,16 @@ def parser() -> argparse.ArgumentParser:
     inbox.add_argument("--host")
     inbox.add_argument("--port", type=int)
     inbox.set_defaults(func=cmd_inbox)
+    dq = sub.add_parser("dlq", help="list, show and replay dead letters")
+    dq.add_argument("action", choices=["list", "show", "replay"])
+    dq.add_argument("target", help="a channel name, or 'router'")
+    dq.add_argument("ids", nargs="*", help="show/replay: PARTITION:OFFSET, delivery ids or event ids")
+    dq.add_argument("--reason", help="only records with this reason (error class), e.g. PermanentError")
+    dq.add_argument("--since", help="only records that last failed since T: RFC 3339, or 30m, 2h, 7d")
+    dq.add_argument("--limit", type=int, help="at most N records")
+    dq.add_argument("--id", dest="extra_ids", action="append", default=[], help="a record to select (repeatable)")
+    dq.add_argument("--dry-run", action="store_true", help="replay: show what would be replayed, change nothing")
+    dq.set_defaults(func=cmd_dlq)
 
     sub.add_parser("check", help="validate rules, templates and schemas").set_defaults(func=cmd_check)
     sub.add_parser("config", help="print settings (secrets masked)").set_defaults(func=cmd_config)
