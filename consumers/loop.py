@@ -71,7 +71,8 @@ class ConsumerLoop(ABC):
         self._failures = 0
         overrides = {"statistics.interval.ms": 5000, "stats_cb": self._on_stats,
                      "error_cb": self._on_error, **(consumer_overrides or {})}
-        self.consumer = Consumer(consumer_config(settings, group, **overrides))
+        self._consumer_config = consumer_config(settings, group, **overrides)
+        self.consumer = Consumer(self._consumer_config)
         self.lag = metrics.PartitionLag(group)
         # Paused partitions: (topic, partition) -> (offset to resume from, monotonic resume time).
         self._held: dict[tuple[str, int], tuple[int, float]] = {}
@@ -249,6 +250,7 @@ class ConsumerLoop(ABC):
         try:
             while not self.stop_event.is_set():
                 self.poll_once()
+                self._rejoin_if_stuck()
         finally:
             self._shutdown()
             if server:
@@ -330,6 +332,33 @@ class ConsumerLoop(ABC):
         # A partition without a position has fetched nothing yet; if it delivers records
         # before the hold ends, _drop_held holds it then.
 
+    REJOIN_AFTER = 60.0
+    """Seconds after losing its partitions that a consumer that has not rejoined starts afresh."""
+
+    def _rejoin_if_stuck(self) -> None:
+        """Replace the Kafka consumer when the group took our partitions and never gave any back.
+
+        Seen after a broker restart: librdkafka kept asking a group coordinator that
+        never answered. A new client finds the coordinator again; nothing is lost, as
+        the lost partitions were not ours to commit and nothing of theirs is stored.
+        """
+        lost = self.health.lost_since
+        if lost is None or self.health.clock() - lost < self.REJOIN_AFTER:
+            return
+        log.warning("%s: partitions lost %.0fs ago and the group not rejoined; starting a new consumer",
+                    self.group, self.health.clock() - lost)
+        old = self.consumer
+        closer = threading.Thread(target=_close_quietly, args=(old,), daemon=True)
+        closer.start()
+        closer.join(10.0)  # a close that hangs on an unreachable coordinator is left behind
+        self._held.clear()
+        self._hold_all_until = 0.0
+        self.consumer = Consumer(self._consumer_config)
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.health.lost_since = self.health.clock()  # give the new client its own time to join
+        metrics.CONSUMER_RESTARTS.labels(self.role).inc()
+
     def _commit_async(self) -> None:
         try:
             self.consumer.commit(asynchronous=True)
@@ -349,6 +378,13 @@ class ConsumerLoop(ABC):
         self.producer.close(self.settings.shutdown_timeout)
         self.on_close()
         log.info("%s: stopped", self.group)
+
+
+def _close_quietly(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as exc:
+        log.info("closing the replaced consumer: %s", exc)
 
 
 def _tps(partitions: list[TopicPartition]) -> str:

@@ -57,6 +57,10 @@ BATCH_RETRIES = Counter(
     "tidings_batch_retries", "Batches rewound and processed again, by role and cause.",
     ["role", "cause"], registry=REGISTRY,
 )
+CONSUMER_RESTARTS = Counter(
+    "tidings_consumer_restarts", "Kafka consumers replaced in-process after failing to rejoin their group, by role.",
+    ["role"], registry=REGISTRY,
+)
 CONSUMER_LAG = Gauge(
     "tidings_consumer_lag", "High watermark minus committed position, from the consumer's own view.",
     ["group", "topic", "partition"], registry=REGISTRY,
