@@ -245,6 +245,7 @@ class ConsumerLoop(ABC):
                 log.info("%s: /metrics /healthz /readyz on port %d", self.group, server.port)
             except OSError as exc:
                 log.warning("%s: health server not started on port %d: %s", self.group, port, exc)
+        self._await_topics()
         self.consumer.subscribe(self.topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         try:
@@ -331,6 +332,28 @@ class ConsumerLoop(ABC):
                 self.hold(tp.topic, tp.partition, tp.offset, until)
         # A partition without a position has fetched nothing yet; if it delivers records
         # before the hold ends, _drop_held holds it then.
+
+    def _await_topics(self, timeout: float = 30.0) -> None:
+        """Wait (briefly) until every subscribed topic is in the cluster's metadata.
+
+        A topic created moments ago may not be known yet; subscribing then makes
+        librdkafka skip it until its next metadata refresh, minutes later.
+        """
+        deadline = time.monotonic() + timeout
+        missing = list(self.topics)
+        while not self.stop_event.is_set():
+            for topic in list(missing):
+                try:
+                    found = self.consumer.list_topics(topic, timeout=5).topics.get(topic)
+                except KafkaException:
+                    continue
+                if found is not None and found.error is None:
+                    missing.remove(topic)
+            if not missing or time.monotonic() > deadline:
+                if missing:
+                    log.warning("%s: subscribing although %s not in the metadata yet", self.group, ", ".join(missing))
+                return
+            self.stop_event.wait(0.2)
 
     REJOIN_AFTER = 60.0
     """Seconds after losing its partitions that a consumer that has not rejoined starts afresh."""
