@@ -65,7 +65,7 @@ def test_a_channel_dead_letter_is_listed_shown_and_replayed_once(
 
     assert main(["dlq", "list", "webhook"]) == 0
     listed = capsys.readouterr().out.strip().splitlines()
-    assert len(listed) == 1 and "PermanentError" in listed[0] and ident in listed[0]
+    assert len(listed) == 1 and "InvalidAddressError" in listed[0] and ident in listed[0]  # 410: gone for good
     assert main(["dlq", "list", "webhook", "--reason", "TransientError"]) == 0
     assert capsys.readouterr().out == ""
     assert main(["dlq", "list", "webhook", "--since", "1h", "--limit", "5"]) == 0
