@@ -229,6 +229,9 @@ class ProviderSink(_Recorder):
             "fault": fault,
             "delivery_id": request.headers.get("x-tidings-delivery-id"),
         }
+        note = "" if 200 <= answer.status < 300 and fault not in ("drop", "garble") else f"  [{fault or answer.status}]"
+        # Recorded before answering: whoever got the answer finds the record.
+        self._add(record, f"{kind:8} -> {_mask_target(kind, target)}  {record['title'] or ''}{note}")
         if fault == "drop":
             handler.close_connection = True
         else:
@@ -238,8 +241,6 @@ class ProviderSink(_Recorder):
             handler.send_header("Content-Length", str(len(answer.body)))
             handler.end_headers()
             handler.wfile.write(answer.body)
-        note = "" if 200 <= answer.status < 300 and fault not in ("drop", "garble") else f"  [{fault or answer.status}]"
-        self._add(record, f"{kind:8} -> {_mask_target(kind, target)}  {record['title'] or ''}{note}")
 
     def _route(self, request: _Request) -> tuple[str, str | None, _Answer, Any]:
         path = request.path

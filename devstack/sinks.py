@@ -453,15 +453,14 @@ class WebhookSink(_Recorder):
         }
         if error is not None:
             record["error"] = error
-        if reply.drop:
-            request.close_connection = True
-        else:
+        answer = b""
+        answer_headers: dict[str, str] = {}
+        if not reply.drop:
             answer = self._answer_body(reply)
             record["answer"] = answer.decode("utf-8", "replace")
             answer_headers = dict(reply.headers)
             if reply.body is None and 200 <= reply.status < 300:
                 answer_headers.setdefault("Content-Type", "application/json")
-            request.answer(reply.status, answer_headers, answer)
         title = body.get("title") if isinstance(body, dict) else None
         line = f"webhook -> {path}  {title or headers.get('webhook-id', '')}"
         if reply.drop:
@@ -470,7 +469,11 @@ class WebhookSink(_Recorder):
             line += f"  [{reply.status}: {error}]"
         elif not 200 <= reply.status < 300:
             line += f"  [{reply.status}]"
-        self._add(record, line)
+        self._add(record, line)  # before answering: whoever got the answer finds the record
+        if reply.drop:
+            request.close_connection = True
+        else:
+            request.answer(reply.status, answer_headers, answer)
 
     def _answer_body(self, reply: Reply) -> bytes:
         if reply.body is not None:

@@ -49,7 +49,8 @@ class Harness:
 
     channel: Callable[[str], Channel]
     address: Callable[[str], str]
-    received: Callable[[], list[dict[str, Any]]]
+    received: Callable[[int], list[dict[str, Any]]]
+    """Wait until at least this many records arrived (a sink records after answering); return them all."""
     secrets: tuple[str, ...]
     """Strings that must never appear in an error message."""
 
@@ -145,7 +146,7 @@ def _email(stack: ExitStack) -> Harness:
         local = FAULT.get(scenario, "ok") if scenario not in ports else "ok"
         return f"{local}@example.com"
 
-    return Harness(channel, address, sink.received, secrets=("ratelimit@", "gone@", "refuse@", "busy@"))
+    return Harness(channel, address, sink.wait_for, secrets=("ratelimit@", "gone@", "refuse@", "busy@"))
 
 
 # ----------------------------------------------------------------- webhook
@@ -182,7 +183,7 @@ def _webhook(stack: ExitStack) -> Harness:
             return f"http://127.0.0.1:{garbage}/hooks/ok"
         return sink.url(_WEBHOOK_PATHS[scenario])
 
-    return Harness(lambda scenario: WebhookChannel(config), address, sink.received, secrets=())
+    return Harness(lambda scenario: WebhookChannel(config), address, sink.wait_for, secrets=())
 
 
 _LOOPBACK_ALLOWED: dict[str, Any] = {"allow_networks": ("127.0.0.0/8",)}
@@ -201,7 +202,7 @@ def _provider(
     def start(stack: ExitStack) -> Harness:
         faults = {target(scenario): fault for scenario, fault in FAULT.items()}
         sink = stack.enter_context(ProviderSink(faults=faults, slow_delay=SLOW))
-        return Harness(lambda scenario: build(sink.url()), address, sink.received, secrets)
+        return Harness(lambda scenario: build(sink.url()), address, sink.wait_for, secrets)
 
     return start
 

@@ -94,7 +94,7 @@ def test_success_arrives_once_with_the_subject(case: Case, harness: Harness, mak
     assert isinstance(outcome, Sent)
     if case.provider_id:
         assert outcome.provider_id
-    records = harness.received()
+    records = harness.received(1)
     assert len(records) == 1
     assert "Contract success" in str(records[0])
 
