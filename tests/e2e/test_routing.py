@@ -306,9 +306,12 @@ def test_a_batch_costs_one_redis_round_trip_and_one_more_only_when_it_changes_st
         second = [m for m in _consume(pipeline, 60) if dict(m.headers() or [])["ce_id"].startswith(b"c-")]
         assert len(second) == 20
         CountingConnection.sends = 0
-        capped.handle(second)
-        assert CountingConnection.sends == 2
-        capped.producer.close(5)
+        try:
+            capped.handle(second)
+            assert CountingConnection.sends == 2
+        finally:
+            capped.producer.close(5)
+            capped.consumer.close()
     finally:
         router.producer.close(5)
         router.consumer.close()
