@@ -791,29 +791,43 @@ def run(args: argparse.Namespace) -> int:
         if args.keep_logs:
             work = Path(args.keep_logs)
             work.mkdir(parents=True, exist_ok=True)
+        kafka_service = None
+        kafka = args.kafka
+        if kafka == "private":
+            port = infra.free_port()
+            kafka_service = infra.start_kafka(work / "kafka", port, infra.free_port())
+            kafka = f"127.0.0.1:{port}"
         redis_service = None
         redis_url = args.redis
         if not redis_url:
             port = infra.free_port()
             redis_service = infra.start_redis(work / "redis", port)
             redis_url = f"redis://127.0.0.1:{port}/0"
-        bench = Bench(args, args.kafka, redis_url, work)
+        bench = Bench(args, kafka, redis_url, work)
         try:
             for name in only:
                 if name in ("B5",):
                     continue
                 log(f"== {name}")
                 began = time.perf_counter()
-                getattr(bench, name.lower())()
+                try:
+                    getattr(bench, name.lower())()
+                except Exception as exc:  # one broken benchmark must not lose the others' results
+                    log(f"== {name} failed: {type(exc).__name__}: {exc}")
+                    bench.results.append(Result(name, "failed", notes=[f"{type(exc).__name__}: {exc}"[:500]]))
+                    continue
                 log(f"== {name} took {time.perf_counter() - began:.0f} s")
             if "B1" in only or "B2" in only:
                 bench.b5()
         finally:
             bench.procs.stop_all()
             bench.meta.close()
-            bench.drop_topics()
+            with contextlib.suppress(KafkaException):
+                bench.drop_topics()
             if redis_service is not None:
                 redis_service.stop()
+            if kafka_service is not None:
+                kafka_service.stop()
     took = time.perf_counter() - started
     env["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     env["seconds"] = round(took)
@@ -846,7 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated subset of B1,B2,B3,B4,B6 (B5 comes with B1 and B2)")
     p.add_argument("--set", action="append", default=[], metavar="SIZE=N",
                    help=f"override one size of the scale ({', '.join(SCALES['full'])}); say so when quoting")
-    p.add_argument("--kafka", default=os.environ.get("TIDINGS_BENCH_KAFKA", "127.0.0.1:9092"))
+    p.add_argument("--kafka", default=os.environ.get("TIDINGS_BENCH_KAFKA", "127.0.0.1:9092"),
+                   help="bootstrap servers, or 'private' for a broker of the bench's own on free ports")
     p.add_argument("--redis", default=os.environ.get("TIDINGS_BENCH_REDIS"),
                    help="Redis URL to use (default: a private redis-server on a free port)")
     p.add_argument("--out", default=str(HERE / "results"))
