@@ -106,6 +106,17 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 @dataclass
 class Timing:
     """When the first output record was seen, how many there were then, and when all were there."""
@@ -115,6 +126,11 @@ class Timing:
     first_count: int
     done_at: float
     total: int
+    cpu: float = float("nan")
+    """CPU seconds the watched processes used from the first output to the last."""
+
+    def cpu_us_per_record(self) -> float:
+        return self.cpu / (self.total - self.first_count) * 1e6 if self.total > self.first_count else float("nan")
 
     def rate(self) -> float:
         # From the first output to the last: process start-up and group joins are left out,
@@ -248,14 +264,15 @@ class Bench:
     def wait_count(self, topics: list[str], total: int, procs: list[subprocess.Popen[bytes]],
                    limit: float = WAIT_LIMIT, every: float = 0.05) -> Timing:
         started = time.perf_counter()
-        first_at, first_count = 0.0, 0
+        first_at, first_count, first_cpu = 0.0, 0, 0.0
+        pids = [p.pid for p in procs]
         while True:
             n = self.count(topics)
             now = time.perf_counter()
             if n and not first_at:
-                first_at, first_count = now, n
+                first_at, first_count, first_cpu = now, n, cpu_seconds(pids)
             if n >= total:
-                return Timing(started, first_at, first_count, now, total)
+                return Timing(started, first_at, first_count, now, total, cpu_seconds(pids) - first_cpu)
             for proc in procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{proc.args} exited with {proc.returncode} at {n}/{total}; "
@@ -345,7 +362,11 @@ class Bench:
         rss = peak_rss_mb(proc.pid)
         self.procs.stop(proc)
         res.figures.update(events=n, passthrough_per_s=round(base.rate()), router_per_s=round(ours.rate()),
-                           ratio=round(ours.rate() / base.rate(), 3))
+                           ratio=round(ours.rate() / base.rate(), 3),
+                           passthrough_cpu_us_per_event=round(base.cpu_us_per_record(), 1),
+                           router_cpu_us_per_event=round(ours.cpu_us_per_record() * 2, 1))
+        res.notes.append("CPU per event: user+system time of the process between the first and the last output "
+                         "record, divided by the events in that span (steadier than rates on a shared machine)")
         res.notes.append("each event gives 2 deliveries (email, webhook) and 2 status events")
         res.target("router events/s", ours.rate(), 25_000, ">=")
         res.target("router / passthrough", ours.rate() / base.rate(), 0.40, ">=")
