@@ -11,7 +11,10 @@ one or the last allowed attempt to the DLQ. While an endpoint's circuit
 breaker is open, its deliveries go to a retry tier without calling the
 provider. Then the sent marks are written (one round trip), the retry records,
 status events and dead letters are produced, Kafka's acknowledgement is
-awaited, and only then are the offsets stored.
+awaited, and only then are the offsets stored. A dead-lettered delivery that
+carries a fallback chain queues the next channel's delivery in the same batch;
+an in-app one with an unread fallback schedules it with its sent mark (see
+:mod:`consumers.fallback`).
 
 Duplicate window: a crash after the provider accepted a message and before
 the sent mark is written re-sends it on restart. Receivers get the delivery id
@@ -24,7 +27,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +38,7 @@ from redis.exceptions import RedisError
 from channels.base import Channel, Sent
 from consumers import metrics
 from consumers.breaker import Breakers
+from consumers.fallback import Fallbacks
 from consumers.kafka import ProduceError, coordinates, headers_of, now_text
 from consumers.loop import ConsumerLoop, RetryBatch
 from consumers.retry import GiveUp, RetryPlan, RetryState, Tier, plan_retry, retry_headers
@@ -97,6 +101,17 @@ class DeliverConsumer(ConsumerLoop):
         limit = min(settings.max_in_flight, channel.max_in_flight())
         self.semaphore = asyncio.Semaphore(limit)
         self.breakers = Breakers(settings.breaker_threshold, settings.breaker_cooldown)
+        # Channel fallback (consumers/fallback.py); the in-app consumer also releases unread fallbacks.
+        self.fallbacks = Fallbacks(self, redis, channel)
+        self._next_release = 0.0
+
+    def poll_once(self) -> None:
+        super().poll_once()
+        if self.fallbacks.inbox is not None and time.monotonic() >= self._next_release:
+            self._next_release = time.monotonic() + self.settings.release_interval
+            self.aio.run_until_complete(self.fallbacks.release_unread(
+                datetime.now(UTC), limit=self.settings.batch_size,
+                lease=timedelta(seconds=self.settings.release_lease_seconds)))
 
     def handle(self, messages: list[Message]) -> list[TopicPartition]:
         return self.aio.run_until_complete(self.process(messages))
@@ -193,6 +208,8 @@ class DeliverConsumer(ConsumerLoop):
             value = (i.sent.provider_id if i.sent else None) or "1"
             pipe.set(keys.sent(d.tenant, d.recipient_id, d.delivery_id), value,
                      ex=self.settings.sent_ttl_seconds)
+        await self.fallbacks.queue_unread(pipe, [i.delivery for i in items if i.delivery is not None],
+                                          datetime.now(UTC))
         await pipe.execute()
 
     async def _mark_sent_until_ok(self, items: list[_Item], first: RedisError) -> None:
@@ -297,6 +314,7 @@ class DeliverConsumer(ConsumerLoop):
             if d is not None:
                 self.publish_status(Status.for_delivery(d, State.dead_lettered, reason=reason,
                                                         detail=message[:500], attempt=item.attempts))
+                self.fallbacks.after_failure(d, reason, datetime.now(UTC))
             return
         assert d is not None
         if item.outcome == "stale":

@@ -96,8 +96,16 @@ SUPPRESSIONS = Counter(
 )
 HELD = Gauge(
     "tidings_held_deliveries",
-    "Deliveries held for later release, by kind (scheduled, quiet_hours, digest).",
+    "Deliveries held for later release, by kind (scheduled, quiet_hours, digest, unread_fallback).",
     ["kind"],
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "tidings_fallbacks",
+    "Channel fallbacks, by the channel that did not reach the recipient, the fallback channel, the trigger "
+    "(failed, unread) and the outcome (sent: the fallback delivery was produced; not_needed: the in-app "
+    "item was read, dismissed or expired in time).",
+    ["channel", "to", "trigger", "outcome"],
     registry=REGISTRY,
 )
 

@@ -42,6 +42,7 @@ from router.attachments import attachment_metadata
 from router.caps import CapLimit, counters
 from router.dedup import content_digest, content_unchanged, digest
 from router.digest import QUIET, Cadence, bucket_id, due_at
+from router.fallback import chain_steps, encode_steps
 from router.lanes import bypasses_holds
 from router.preferences import resolve
 from router.quiet_hours import quiet_until
@@ -333,6 +334,8 @@ def decide_recipient(
             content_write = (ckey, current, ttl)
         delivery = _delivery(event, rule.name, rule.priority, channel, recipient, address, rendered, now,
                              now + deadline)
+        if rule.fallback or rule.unread_fallback is not None:
+            delivery = _with_fallback(delivery, event, compiled, recipient, rendered, levels, now, deadline)
 
         def hold(kind: str, due: datetime, reason: str, bucket: str | None = None, max_items: int = 1000,
                  _delivery: Delivery = delivery) -> bool:
@@ -388,6 +391,27 @@ def decide_recipient(
             decision.content.append(content_write)
         decision.deliveries.append(delivery)
         decision.statuses.append(Status.for_delivery(delivery, State.routed, at=now))
+
+
+def _with_fallback(delivery: Delivery, event: Event, compiled: CompiledRule, recipient: Recipient,
+                   rendered: Rendered, levels: Sequence[tuple[str, Mapping[str, str]]], now: datetime,
+                   deadline: timedelta) -> Delivery:
+    """Attach the rule's fallback steps for this channel (router/fallback.py). A fallback channel
+    goes through the same opt-out, preference and contact-point checks as a primary one."""
+    rule = compiled.rule
+    category = category_of(event, compiled)
+
+    def reach(channel: str) -> Delivery | None:
+        if not rule.required and (recipient.opted_out(channel)
+                                  or not resolve(channel, event.ce.type, category, levels).allowed):
+            return None
+        address = recipient.address(channel)
+        if not address:
+            return None
+        return _delivery(event, rule.name, rule.priority, channel, recipient, address, rendered, now, now + deadline)
+
+    steps = chain_steps(delivery.channel, rule.chains, rule.unread_fallback, reach)
+    return delivery.model_copy(update={"fallback": encode_steps(steps)}) if steps else delivery
 
 
 def _delivery(event: Event, rule: str, priority: Any, channel: str, recipient: Recipient, address: str,

@@ -26,6 +26,10 @@ key                                                     type       what
 ``tidings:{held}:lease:<member>``                       string     a release in progress (PX lease)
 ``tidings:{held}:item:<id>``                            string     one held delivery (JSON)
 ``tidings:{held}:digest:<bucket>``                      list       items waiting for a digest
+``tidings:{held}:due:unread_fallback``                  zset       in-app delivery ids whose unread
+                                                                   fallback is due at the score (ms)
+``tidings:{held}:unread:<delivery id>``                 string     that fallback step (JSON)
+``tidings:{held}:lease:unread:<delivery id>``           string     its release in progress (PX lease)
 ======================================================  =========  ================================
 
 Held items and digests share one hash tag (``{held}``) so that the release
@@ -113,3 +117,17 @@ def held_item(item_id: str) -> str:
 
 def digest_items(bucket: str) -> str:
     return f"{PREFIX}:{{held}}:digest:{bucket}"
+
+
+def unread_due() -> str:
+    """Unread fallbacks by due time (router/fallback.py); not one of ``HELD_KINDS``: the in-app
+    consumer releases them, since only it reads the inbox."""
+    return f"{PREFIX}:{{held}}:due:unread_fallback"
+
+
+def unread_item(delivery_id: str) -> str:
+    return f"{PREFIX}:{{held}}:unread:{delivery_id}"
+
+
+def unread_lease(delivery_id: str) -> str:
+    return f"{PREFIX}:{{held}}:lease:unread:{delivery_id}"

@@ -13,7 +13,8 @@ The rules file is YAML::
 
 Routing features (docs/routing.md): ``audience: subscribers`` with ``topic``,
 ``category``, ``required``, ``dedup``, ``over_cap``, ``quiet_hours``,
-``stale_after``, ``delay``, ``digests`` and ``digest_template``; frequency
+``stale_after``, ``delay``, ``digests`` and ``digest_template``, channel
+``fallback`` and ``unread_fallback`` (router/fallback.py); frequency
 ``caps`` are declared once at the top of the file.
 
 A condition is a Jinja2 expression evaluated in the sandbox. It sees the
@@ -38,6 +39,7 @@ from router.caps import CapLimit
 from router.dedup import DedupPolicy
 from router.digest import Cadence
 from router.durations import Duration
+from router.fallback import UnreadFallback, check_chains
 from router.templates import Sandbox
 from schemas import Priority
 from schemas.errors import ConfigError, InputError
@@ -75,9 +77,21 @@ class Rule(BaseModel):
     delay: Duration | None = None
     digests: tuple[Cadence, ...] = ()
     digest_template: str = "digest"
+    fallback: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Channel fallback chains, ``{webhook: [sms, email]}`` in YAML (router/fallback.py)."""
+    unread_fallback: UnreadFallback | None = None
+    """Send an in-app notification through another channel when it is still unread after a while."""
+
+    @field_validator("fallback", mode="before")
+    @classmethod
+    def _chains(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return tuple((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in value.items())
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Rule:
+        check_chains(self.channels, dict(self.fallback), self.unread_fallback, lambda c: bool(_NAME.match(c)))
         if self.topic is not None and self.audience != "subscribers":
             raise ValueError("topic applies to audience: subscribers")
         if self.topic is not None:
@@ -94,6 +108,10 @@ class Rule(BaseModel):
         if not _NAME.match(self.digest_template):
             raise ValueError(f"digest_template {self.digest_template!r} is not a template name")
         return self
+
+    @property
+    def chains(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.fallback)
 
     def digest_for(self, channel: str) -> Cadence | None:
         for cadence in self.digests:
@@ -201,7 +219,10 @@ class RuleSet:
 
     @property
     def channels(self) -> set[str]:
-        return {c for r in self.rules for c in r.channels}
+        primary = {c for r in self.rules for c in r.channels}
+        fallbacks = {c for r in self.rules for _, chain in r.fallback for c in chain}
+        unread = {r.unread_fallback.channel for r in self.rules if r.unread_fallback is not None}
+        return primary | fallbacks | unread
 
     @property
     def templates(self) -> set[str]:

@@ -115,6 +115,8 @@ class Delivery(_Record):
     deadline: datetime | None = None
     attempt: int = 0
     metadata: dict[str, str] = Field(default_factory=dict)
+    fallback: str | None = None
+    """Channel fallback steps (JSON, see router/fallback.py), carried to the channel consumer."""
 
     @classmethod
     def avro_name(cls) -> str:

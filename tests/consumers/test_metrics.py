@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Every label a Tidings metric may carry: each takes values from a set fixed by the code
 # or the deployment (topics, groups, channels, error classes, fixed reasons), never ids.
 BOUNDED_LABELS = {"topic", "partition", "group", "channel", "outcome", "reason", "role", "cause", "tier",
-                  "state", "kind"}
+                  "state", "kind", "to", "trigger"}  # to: a channel name; trigger: failed or unread
 
 
 def all_metrics() -> list[object]:
