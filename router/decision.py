@@ -32,7 +32,7 @@ the last three.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -298,6 +298,8 @@ def decide_recipient(
     # Render before any channel is decided: a template that fails dead-letters the whole event.
     for channel in rule.channels:
         render_for(channel)
+    for channel in rule.fallback_channels:
+        render_for(channel)
     category = category_of(event, compiled)
     prefs_user, prefs_tenant, prefs_global = pref_keys(tenant, recipient.id)
     levels = [("user", view.prefs.get(prefs_user, {})), ("tenant", view.prefs.get(prefs_tenant, {})),
@@ -335,7 +337,7 @@ def decide_recipient(
         delivery = _delivery(event, rule.name, rule.priority, channel, recipient, address, rendered, now,
                              now + deadline)
         if rule.fallback or rule.unread_fallback is not None:
-            delivery = _with_fallback(delivery, event, compiled, recipient, rendered, levels, now, deadline)
+            delivery = _with_fallback(delivery, event, compiled, recipient, render_for, levels, now, deadline)
 
         def hold(kind: str, due: datetime, reason: str, bucket: str | None = None, max_items: int = 1000,
                  _delivery: Delivery = delivery) -> bool:
@@ -394,7 +396,8 @@ def decide_recipient(
 
 
 def _with_fallback(delivery: Delivery, event: Event, compiled: CompiledRule, recipient: Recipient,
-                   rendered: Rendered, levels: Sequence[tuple[str, Mapping[str, str]]], now: datetime,
+                   render_for: Callable[[str], Rendered], levels: Sequence[tuple[str, Mapping[str, str]]],
+                   now: datetime,
                    deadline: timedelta) -> Delivery:
     """Attach the rule's fallback steps for this channel (router/fallback.py). A fallback channel
     goes through the same opt-out, preference and contact-point checks as a primary one."""
@@ -408,7 +411,8 @@ def _with_fallback(delivery: Delivery, event: Event, compiled: CompiledRule, rec
         address = recipient.address(channel)
         if not address:
             return None
-        return _delivery(event, rule.name, rule.priority, channel, recipient, address, rendered, now, now + deadline)
+        return _delivery(event, rule.name, rule.priority, channel, recipient, address, render_for(channel), now,
+                         now + deadline)
 
     steps = chain_steps(delivery.channel, rule.chains, rule.unread_fallback, reach)
     return delivery.model_copy(update={"fallback": encode_steps(steps)}) if steps else delivery

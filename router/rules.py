@@ -113,6 +113,14 @@ class Rule(BaseModel):
     def chains(self) -> dict[str, tuple[str, ...]]:
         return dict(self.fallback)
 
+    @property
+    def fallback_channels(self) -> tuple[str, ...]:
+        """Channels reached only as a fallback, in order of first mention."""
+        named = [c for _, chain in self.fallback for c in chain]
+        if self.unread_fallback is not None:
+            named.append(self.unread_fallback.channel)
+        return tuple(dict.fromkeys(c for c in named if c not in self.channels))
+
     def digest_for(self, channel: str) -> Cadence | None:
         for cadence in self.digests:
             if cadence.channel == channel:
@@ -220,9 +228,7 @@ class RuleSet:
     @property
     def channels(self) -> set[str]:
         primary = {c for r in self.rules for c in r.channels}
-        fallbacks = {c for r in self.rules for _, chain in r.fallback for c in chain}
-        unread = {r.unread_fallback.channel for r in self.rules if r.unread_fallback is not None}
-        return primary | fallbacks | unread
+        return primary | {c for r in self.rules for c in r.fallback_channels}
 
     @property
     def templates(self) -> set[str]:

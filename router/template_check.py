@@ -86,7 +86,7 @@ def check_all(rules: RuleSet, renderer: Renderer, catalog: Catalog) -> Report:
             data = {f["name"]: sample_value(f["type"], f["name"], variant == "nulls") for f in schema.fields}
             ce = CloudEvent.new(rule.event_type, source="/tidings/templates-check", subject="u-sample",
                                 id="sample-1", time=SAMPLE_TIME)
-            channels = [None, *sorted(renderer.variants(rule.template) & set(rule.channels))]
+            channels = [None, *sorted(renderer.variants(rule.template) & {*rule.channels, *rule.fallback_channels})]
             for channel, locale in ((c, loc) for c in channels for loc in locales_of(renderer, rule.template)):
                 context = {
                     "data": data, "event": event_context(ce),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,15 @@ def test_the_router_renders_every_reachable_step_with_the_primary(renderer: Rend
     assert steps[0].delivery.html is None and steps[0].delivery.payload is not None
     # Nothing else changed: one routed status, for the primary.
     assert [(s.state.value, s.channel) for s in decision.statuses] == [("routed", "webhook")]
+
+
+def test_a_fallback_channel_renders_with_its_own_template_files(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "config" / "templates", tmp_path / "templates")
+    (tmp_path / "templates" / "job_match" / "text@sms.j2").write_text("Match: {{ data.job_title }}")
+    [d] = _decide(Renderer(tmp_path / "templates"), fallback={"webhook": ["sms", "email"]}).deliveries
+    sms, email = (s.delivery for s in steps_of(d))
+    assert sms.text.strip() == "Match: Engineer"
+    assert email.text != sms.text and "Engineer" in email.text
 
 
 def test_a_step_the_recipient_cannot_be_reached_on_is_left_out(renderer: Renderer) -> None:
