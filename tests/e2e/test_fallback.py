@@ -21,6 +21,7 @@ from channels.inapp.store import InboxStore
 from consumers import metrics
 from consumers.status import find_status
 from consumers.topics import create_topics
+from devstack.providers import TWILIO_ACCOUNT, TWILIO_TOKEN, ProviderSink
 from router import keys
 from schemas import State, Status
 from schemas.models import delivery_id
@@ -104,6 +105,35 @@ def test_a_chain_is_followed_to_its_end_and_no_further(pipeline: Pipeline) -> No
     assert pipeline.read_topic(pipeline.settings.channel_dlq_topic("email"), expect=1)
     assert statuses(pipeline, email_id) == [("routed", "fallback"), ("dead_lettered", "InvalidAddressError")]
     assert pipeline.smtp.received() == []
+
+
+def test_a_chain_moves_from_a_gone_webhook_past_an_invalid_sms_number_to_email(pipeline: Pipeline) -> None:
+    # webhook answers 410, the Twilio stand-in refuses the number (code 21211): two dead letters, then email.
+    with ProviderSink(faults={"+15550100002": "gone"}) as twilio:
+        pipeline.reconfigure(sms_base_url=twilio.url(), sms_account_sid=TWILIO_ACCOUNT, sms_auth_token=TWILIO_TOKEN,
+                             sms_from="+15550009999")
+        create_topics(pipeline.settings, ["sms"])
+        set_rule(pipeline.config_dir, channels=["webhook"], fallback={"webhook": ["sms", "email"]})
+        pipeline.recipients({"id": "u-ada", "name": "Ada",
+                             "contacts": {"email": "ada@example.com", "webhook": pipeline.web.url("/gone"),
+                                          "sms": "+15550100002"}})
+        pipeline.start_all()
+        pipeline.start_channel("sms")
+        event = pipeline.pub().publish("jobs.match.found", match("u-ada"), subject="u-ada", source=SOURCE,
+                                       id="fb-3")
+        pipeline.pub().flush()
+        [mail] = pipeline.smtp.wait_for(1, timeout=60)
+        ids = {c: delivery_id(SOURCE, event.id, "job-match", "u-ada", c) for c in ("webhook", "sms", "email")}
+        assert mail["delivery_id"] == ids["email"]
+        [asked] = twilio.received()
+        assert asked["status"] >= 400
+        wait_until(lambda: ("delivered", None) in statuses(pipeline, ids["email"]), what="the email's status")
+        assert statuses(pipeline, ids["webhook"]) == [("routed", None), ("dead_lettered", "InvalidAddressError")]
+        assert statuses(pipeline, ids["sms"]) == [("routed", "fallback"), ("dead_lettered", "InvalidAddressError")]
+        assert statuses(pipeline, ids["email"]) == [("routed", "fallback"), ("delivered", None)]
+        assert pipeline.read_topic(pipeline.settings.channel_dlq_topic("sms"), expect=1)
+        time.sleep(1.0)
+        assert len(pipeline.smtp.received()) == 1
 
 
 def _inbox(pipeline: Pipeline) -> tuple[InboxStore, AsyncRedis]:
