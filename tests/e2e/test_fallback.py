@@ -149,6 +149,8 @@ def test_an_inapp_notification_left_unread_is_emailed_once_and_a_read_one_is_not
     pipeline.start_router()
     pipeline.start_channel("email")
     inapp = pipeline.start_channel("inapp")
+    # A second in-app consumer (the urgent lane's) looks for due fallbacks too: the lease lets one take each.
+    pipeline.start_channel_lane("inapp", "urgent")
     store, client = _inbox(pipeline)
     aio = asyncio.new_event_loop()
     try:
