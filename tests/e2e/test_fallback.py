@@ -100,7 +100,7 @@ def test_a_chain_is_followed_to_its_end_and_no_further(pipeline: Pipeline) -> No
     event = pipeline.pub().publish("jobs.match.found", match("u-ada"), subject="u-ada", source=SOURCE, id="fb-2")
     pipeline.pub().flush()
     email_id = delivery_id(SOURCE, event.id, "job-match", "u-ada", "email")
-    wait_until(lambda: ("dead_lettered", "InvalidAddressError") in statuses(pipeline, email_id), timeout=60,
+    wait_until(lambda: ("dead_lettered", "InvalidAddressError") in statuses(pipeline, email_id), timeout=120,
                what="the email's dead letter")
     assert pipeline.read_topic(pipeline.settings.channel_dlq_topic("email"), expect=1)
     assert statuses(pipeline, email_id) == [("routed", "fallback"), ("dead_lettered", "InvalidAddressError")]
