@@ -43,8 +43,11 @@ lint: venv ## ruff and mypy (strict on the packages)
 test: venv lint browser ## lint, then the whole test suite on real Kafka, Redis, SMTP and HTTP
 	$(PY) -m pytest
 
-chaos: venv ## infrastructure restarts under load (not part of make test)
-	$(PY) -m pytest -m chaos
+chaos: venv ## the chaos suite at full size on private servers; reports in .local/chaos/ (not part of make test)
+	TIDINGS_CHAOS_EVENTS=full $(PY) -m pytest -m chaos
+
+chaos-ci: venv ## the chaos suite with 400 events per scenario (what CI runs, about 8 minutes)
+	TIDINGS_CHAOS_EVENTS=$${TIDINGS_CHAOS_EVENTS:-400} $(PY) -m pytest -m chaos
 
 browser: tests/browser/node_modules/.package-lock.json ## npm packages of the browser test (playwright-core; uses /usr/bin/chromium)
 
@@ -63,4 +66,4 @@ manifests: venv ## regenerate the generated files of deploy/k8s/base (topics, co
 clean: infra-down ## stop local servers and remove .local and caches
 	rm -rf .local .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos unit browser bench manifests clean
+.PHONY: help venv infra-up infra-down infra-status topics run demo lint test chaos chaos-ci unit browser bench manifests clean
