@@ -215,8 +215,12 @@ def consumer_group(settings: Settings, component: str, args: list[str], topic: s
 def consumers(settings: Settings) -> list[dict[str, Any]]:
     out = consumer_group(settings, "router", ["router"], settings.input_topic, "router")
     for channel in channels():
-        out += consumer_group(settings, f"deliver-{channel}", ["deliver", channel],
-                              settings.deliver_topic(channel), f"deliver-{channel}")
+        # Two groups per channel, so a bulk backlog on the normal lane never holds up the urgent one
+        # (router/lanes.py); the normal group also reads the retry tiers.
+        for lane, suffix in (("normal", ""), ("urgent", "-urgent")):
+            role = f"deliver-{channel}{suffix}"
+            out += consumer_group(settings, role, ["deliver", channel, "--lane", lane],
+                                  settings.deliver_topic(channel, lane), role)
     return out
 
 

@@ -137,12 +137,12 @@ def test_one_deployment_per_consumer_group_with_a_known_command() -> None:
                 continue
             args = container(d)["args"]
             parser().parse_args(args)
-            role = "router" if args == ["router"] else f"deliver-{args[1]}"
+            role = role_of(args)
             assert name == f"tidings-{role}"
             groups[role] = name
         channels = set(manifests.channels())
         assert {"email", "webhook", "slack", "discord", "telegram", "teams", "sms", "inapp"} <= channels
-        assert set(groups) == {"router"} | {f"deliver-{c}" for c in channels}, overlay
+        assert set(groups) == {"router"} | {f"deliver-{c}{s}" for c in channels for s in ("", "-urgent")}, overlay
         assert "tidings-router" in groups.values() and settings.group("router") == "tidings-router"
 
 
@@ -180,12 +180,22 @@ def test_every_group_scales_on_its_lag_within_its_partitions(overlay: str) -> No
         spec = s["spec"]
         trigger = spec["triggers"][0]["metadata"]
         args = container(of_kind(overlay, "Deployment")[spec["scaleTargetRef"]["name"]])["args"]
-        role = "router" if args == ["router"] else f"deliver-{args[1]}"
+        role = role_of(args)
         assert trigger["consumerGroup"] == settings.group(role)
-        assert trigger["topic"] == (settings.input_topic if role == "router" else settings.deliver_topic(args[1]))
+        assert trigger["topic"] == (settings.input_topic if role == "router"
+                                    else settings.deliver_topic(args[1], args[args.index("--lane") + 1]))
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= topics[trigger["topic"]], name
         assert trigger["bootstrapServers"] == of_kind(overlay, "ConfigMap")["tidings-settings"]["data"][
             "TIDINGS_KAFKA_BOOTSTRAP"]
+
+
+def role_of(args: list[str]) -> str:
+    """The consumer group role a Deployment's arguments give: router, deliver-<channel>[-urgent]."""
+    parsed = parser().parse_args(args)
+    if parsed.command == "router":
+        return "router"
+    assert parsed.lane in ("normal", "urgent"), f"{args}: a Deployment reads one lane"
+    return f"deliver-{parsed.channel}" + ("-urgent" if parsed.lane == "urgent" else "")
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
