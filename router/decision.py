@@ -31,6 +31,7 @@ the last three.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,7 +121,16 @@ def event_context(ce: CloudEvent) -> dict[str, Any]:
 
 
 # One encoder for every payload (json.dumps with options builds a new one per call).
-_to_json = json.JSONEncoder(separators=(",", ":"), default=str, ensure_ascii=False).encode
+def _json_value(value: object) -> object:
+    """JSON for the Avro values that have none of their own: bytes as base64, instants as RFC 3339."""
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, datetime):
+        return format_time(value)
+    return str(value)  # decimals, UUIDs, dates
+
+
+_to_json = json.JSONEncoder(separators=(",", ":"), default=_json_value, ensure_ascii=False).encode
 
 
 def webhook_payload(event: Event, delivery_fields: Mapping[str, Any], rendered: Rendered) -> str:

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from router.rules import CompiledRule, ConditionError, RuleSet
 from router.state import Claim
 from router.templates import Renderer
 from schemas import Catalog, CloudEvent, Delivery, Priority, State, Status, delivery_id
+from schemas.cloudevents import format_time
 from schemas.errors import MissingHeaderError, TemplateError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -234,13 +237,17 @@ def test_webhook_payload_has_the_documented_fields(renderer: Renderer) -> None:
     assert ", " not in webhook.payload.split('"data"')[0]  # compact separators
 
 
-def test_webhook_payload_keeps_non_ascii_and_stringifies_odd_values(renderer: Renderer) -> None:
+def test_webhook_payload_keeps_non_ascii_and_encodes_avro_only_values(renderer: Renderer) -> None:
     rules = _rules(channels=["webhook"])
-    data = {**MATCH, "company": "Bäckerei Müller", "seen": datetime(2024, 1, 1, tzinfo=UTC)}
+    data = {**MATCH, "company": "Bäckerei Müller", "seen": datetime(2024, 1, 1, tzinfo=UTC),
+            "logo": b"\x89PNG\x00", "price": Decimal("12.50")}
     (webhook,) = _route(renderer, _event(data=data), rules=rules).deliveries
     assert webhook.payload is not None
     assert "Bäckerei Müller" in webhook.payload
-    assert json.loads(webhook.payload)["data"]["seen"] == "2024-01-01 00:00:00+00:00"
+    sent = json.loads(webhook.payload)["data"]
+    assert sent["seen"] == format_time(datetime(2024, 1, 1, tzinfo=UTC))
+    assert base64.b64decode(sent["logo"]) == b"\x89PNG\x00"
+    assert sent["price"] == "12.50"
 
 
 def test_non_email_channels_get_the_payload_and_no_html(renderer: Renderer) -> None:
