@@ -9,22 +9,33 @@ pointed at it, and which address triggers each scenario there. The suite in
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
+from redis.asyncio import Redis as AsyncRedis
 
 from channels.base import Channel
 from channels.discord import DiscordChannel, DiscordConfig
 from channels.email import EmailChannel, EmailConfig
+from channels.inapp import InAppChannel, InAppConfig
+from channels.inapp.store import InboxStore
 from channels.slack import SlackChannel, SlackConfig
 from channels.sms import SmsChannel, SmsConfig
 from channels.teams import TeamsChannel, TeamsConfig
 from channels.telegram import TelegramChannel, TelegramConfig
 from channels.webhook import WebhookChannel, WebhookConfig
+from devstack import infra
 from devstack.providers import TELEGRAM_TOKEN, TWILIO_ACCOUNT, TWILIO_TOKEN, ProviderSink
 from devstack.sinks import Reply, SmtpSink, WebhookSink
 
@@ -63,6 +74,8 @@ class Case:
     """The wait the far end asks for in the rate-limited scenario."""
     provider_id: bool
     """Whether a successful send reports the provider's message id."""
+    scenarios: tuple[str, ...] = SCENARIOS
+    """The scenarios its far end can produce (the in-app inbox is Redis: no rate limits, no addresses)."""
 
     def __str__(self) -> str:
         return self.name
@@ -190,6 +203,41 @@ _LOOPBACK_ALLOWED: dict[str, Any] = {"allow_networks": ("127.0.0.0/8",)}
 """The SSRF guard refuses loopback: the suite's receivers are allow-listed explicitly."""
 
 
+# ------------------------------------------------------------------ in-app
+
+
+def _inapp(stack: ExitStack) -> Harness:
+    """A private redis-server holds the inbox; RESP-speaking stand-ins give the failures."""
+    state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contract-redis-")))
+    redis = infra.start_redis(state, infra.free_port())
+    stack.callback(redis.stop)
+    loading = stack.enter_context(garbage_server(b"-LOADING Redis is loading the dataset in memory\r\n"))
+    garbage = stack.enter_context(garbage_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"))
+    silent = stack.enter_context(silent_server())
+    ports = {"transient": loading, "malformed": garbage, "timeout": silent, "dropped": _closed_port()}
+
+    def channel(scenario: str) -> Channel:
+        port = ports.get(scenario, redis.port)
+        return InAppChannel(InAppConfig(redis_url=SecretStr(f"redis://127.0.0.1:{port}/0")))
+
+    def received(count: int) -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            client = AsyncRedis(port=redis.port)
+            try:
+                deadline = time.monotonic() + 10
+                while True:
+                    page = await InboxStore(client).page("acme", "user-42", datetime.now(UTC))
+                    if len(page.entries) >= count or time.monotonic() > deadline:
+                        return [entry.item.model_dump() for entry in page.entries]
+                    await asyncio.sleep(0.05)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(read())
+
+    return Harness(channel, lambda scenario: "user-42", received, secrets=())
+
+
 # ------------------------------------------------------------- providers
 
 
@@ -219,6 +267,8 @@ PHONES = {scenario: f"+1555010{index:04d}" for index, scenario in enumerate(SCEN
 CASES = [
     Case("email", _email, retry_after=None, provider_id=True),
     Case("webhook", _webhook, retry_after=2.0, provider_id=True),
+    Case("inapp", _inapp, retry_after=None, provider_id=True,
+         scenarios=("success", "transient", "timeout", "dropped", "malformed")),
     Case(
         "slack",
         _provider(
