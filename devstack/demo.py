@@ -47,6 +47,10 @@ INBOX_PORT = int(os.environ.get("TIDINGS_DEMO_INBOX_PORT", "8070"))
 INBOX_SECRET = "demo-inbox-token-secret-not-for-production"  # noqa: S105 - a published demo value
 INBOX_USERS = ("u-ada", "u-grace")  # the demo recipients who get an inapp contact
 INBOX_RULES = ("job-match", "application-status")  # the demo rules that also notify in-app
+INBOX_ACTIONS = {  # the link each in-app entry offers (a rule's `action`)
+    "job-match": {"url": "/matches/{{ match_id }}", "label": "View {{ job_title }}"},
+    "application-status": {"url": "/applications/{{ application_id }}", "label": "Open the application"},
+}
 INAPP_METRICS_PORT = 9420
 PROVIDERS_PORT = int(os.environ.get("TIDINGS_DEMO_PROVIDERS_PORT", "8026"))
 CHAT_CHANNELS = ("slack", "discord", "telegram", "teams", "sms")
@@ -426,6 +430,7 @@ def write_demo_config(state: Path) -> Path:
     for rule in rules["rules"]:
         if rule["name"] in INBOX_RULES and "inapp" not in rule["channels"]:
             rule["channels"].append("inapp")
+            rule.setdefault("action", INBOX_ACTIONS[rule["name"]])
         for channel in CHAT_RULES.get(rule["name"], ()):
             if channel not in rule["channels"]:
                 rule["channels"].append(channel)
@@ -475,7 +480,9 @@ def inbox_lines(run_id: str, shown: set[str]) -> list[str]:
         for item in reversed(inbox_items(user, run_id)):
             if item["id"] not in shown:
                 shown.add(item["id"])
-                lines.append(f"{user:10} inapp    {item['title']}")
+                url = item.get("action_url")
+                link = f"  [{item.get('action_label') or 'Open'}: {url}]" if url else ""
+                lines.append(f"{user:10} inapp    {item['title']}{link}")
     return lines
 
 

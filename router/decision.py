@@ -310,6 +310,7 @@ def decide_recipient(
         render_for(channel)
     for channel in rule.fallback_channels:
         render_for(channel)
+    action = compiled.action(event.data, ectx)  # before any channel is decided, like the templates
     category = category_of(event, compiled)
     prefs_user, prefs_tenant, prefs_global = pref_keys(tenant, recipient.id)
     levels = [("user", view.prefs.get(prefs_user, {})), ("tenant", view.prefs.get(prefs_tenant, {})),
@@ -345,9 +346,10 @@ def decide_recipient(
             ttl = int(policy.resend_after.total_seconds()) if policy.resend_after is not None else None
             content_write = (ckey, current, ttl)
         delivery = _delivery(event, rule.name, rule.priority, channel, recipient, address, rendered, now,
-                             now + deadline)
+                             now + deadline, action)
         if rule.fallback or rule.unread_fallback is not None:
-            delivery = _with_fallback(delivery, event, compiled, recipient, render_for, levels, now, deadline)
+            delivery = _with_fallback(delivery, event, compiled, recipient, render_for, levels, now, deadline,
+                                      action)
 
         def hold(kind: str, due: datetime, reason: str, bucket: str | None = None, max_items: int = 1000,
                  _delivery: Delivery = delivery) -> bool:
@@ -408,7 +410,7 @@ def decide_recipient(
 def _with_fallback(delivery: Delivery, event: Event, compiled: CompiledRule, recipient: Recipient,
                    render_for: Callable[[str], Rendered], levels: Sequence[tuple[str, Mapping[str, str]]],
                    now: datetime,
-                   deadline: timedelta) -> Delivery:
+                   deadline: timedelta, action: Mapping[str, str]) -> Delivery:
     """Attach the rule's fallback steps for this channel (router/fallback.py). A fallback channel
     goes through the same opt-out, preference and contact-point checks as a primary one."""
     rule = compiled.rule
@@ -422,14 +424,15 @@ def _with_fallback(delivery: Delivery, event: Event, compiled: CompiledRule, rec
         if not address:
             return None
         return _delivery(event, rule.name, rule.priority, channel, recipient, address, render_for(channel), now,
-                         now + deadline)
+                         now + deadline, action)
 
     steps = chain_steps(delivery.channel, rule.chains, rule.unread_fallback, reach)
     return delivery.model_copy(update={"fallback": encode_steps(steps)}) if steps else delivery
 
 
 def _delivery(event: Event, rule: str, priority: Any, channel: str, recipient: Recipient, address: str,
-              rendered: Rendered, now: datetime, deadline: datetime) -> Delivery:
+              rendered: Rendered, now: datetime, deadline: datetime,
+              action: Mapping[str, str] | None = None) -> Delivery:
     fields: dict[str, Any] = {
         "delivery_id": delivery_id(event.ce.source, event.ce.id, rule, recipient.id, channel),
         "event_id": event.ce.id,
@@ -453,4 +456,6 @@ def _delivery(event: Event, rule: str, priority: Any, channel: str, recipient: R
         fields["payload"] = webhook_payload(event, fields, rendered)
     elif "attachments" in event.data:
         fields["metadata"] = attachment_metadata(event.data)
+    if action and channel == "inapp":
+        fields["metadata"] = dict(action)  # read by channels/inapp/items.py
     return Delivery(**fields)

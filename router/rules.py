@@ -52,6 +52,31 @@ class ConditionError(InputError):
     """A rule's condition could not be evaluated for this event."""
 
 
+class Action(BaseModel):
+    """The link an in-app notification offers (seed 003's action URL and label); both are templates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(min_length=1)
+    """For example ``https://jobs.example.com/matches/{{ match_id }}`` or ``/matches/{{ match_id }}``."""
+    label: str | None = None
+    """The button text, for example ``View the job``."""
+
+    @field_validator("url", "label")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                _CONDITIONS.from_string(value)
+            except TemplateSyntaxError as exc:
+                raise ValueError(f"action template {value!r} does not parse: {exc.message}") from exc
+        return value
+
+
+class ActionError(InputError):
+    """A rule's action link could not be rendered for this event."""
+
+
 class Rule(BaseModel):
     """One notification rule."""
 
@@ -81,6 +106,8 @@ class Rule(BaseModel):
     """Channel fallback chains, ``{webhook: [sms, email]}`` in YAML (router/fallback.py)."""
     unread_fallback: UnreadFallback | None = None
     """Send an in-app notification through another channel when it is still unread after a while."""
+    action: Action | None = None
+    """A link (and its label) shown with the in-app notification."""
 
     @field_validator("fallback", mode="before")
     @classmethod
@@ -165,6 +192,23 @@ class CompiledRule:
     condition: Callable[..., Any] | None
     dedup_key: Callable[[Mapping[str, Any]], str] | None = None
     topic_template: Any = None
+    action_templates: tuple[Any, Any] | None = None
+
+    def action(self, data: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, str]:
+        """``action_url`` and ``action_label`` rendered for this event (empty when the rule has no action)."""
+        if self.action_templates is None or self.rule.action is None:
+            return {}
+        url, label = self.action_templates
+        context = self.context(data, event)
+        try:
+            out = {"action_url": str(url.render(context)).strip()}
+            if label is not None:
+                out["action_label"] = str(label.render(context)).strip()
+        except (UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
+            raise ActionError(f"rule {self.rule.name}: action failed: {exc}") from exc
+        if not out["action_url"]:
+            raise ActionError(f"rule {self.rule.name}: action url {self.rule.action.url!r} rendered empty")
+        return {k: v for k, v in out.items() if v}
 
     def context(self, data: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
         return {**data, "data": data, "event": event}
@@ -219,6 +263,9 @@ class RuleSet:
                 _CONDITIONS.compile_expression(rule.when, undefined_to_none=False) if rule.when else None,
                 rule.dedup.compile() if rule.dedup is not None else None,
                 _CONDITIONS.from_string(rule.topic) if rule.topic else None,
+                (_CONDITIONS.from_string(rule.action.url),
+                 _CONDITIONS.from_string(rule.action.label) if rule.action.label else None)
+                if rule.action is not None else None,
             )
             self._by_type.setdefault(rule.event_type, []).append(compiled)
 

@@ -26,8 +26,10 @@ EXPECTED = (
     "u-edsger   email    [dead-lettered: InvalidAddressError",
     "u-edsger   webhook  [dead-lettered: InvalidAddressError",
     "router   [dead-lettered: DecodeError",
-    "u-ada      inapp    New match: Analytical Engineer at Babbage & Co (91%)",
-    "u-grace    inapp    Your application for Compiler Engineer is now interview",
+    "u-ada      inapp    New match: Analytical Engineer at Babbage & Co (91%)  "
+    "[View Analytical Engineer: /matches/m-1]",
+    "u-grace    inapp    Your application for Compiler Engineer is now interview  "
+    "[Open the application: /applications/a-7]",
     "Inbox page for u-ada (bell, live updates): http://127.0.0.1:8070/#token=",
     *(f"oncall     {channel:8} {ALERT}" for channel in ("slack", "discord", "telegram", "teams", "sms")),
     "u-ada      telegram New match: Analytical Engineer at Babbage & Co (91%)",

@@ -12,12 +12,12 @@ import pytest
 
 from router.decision import Decision, Event, event_context, route
 from router.recipients import Recipient
-from router.rules import CompiledRule, ConditionError, RuleSet
+from router.rules import ActionError, CompiledRule, ConditionError, RuleSet
 from router.state import Claim
 from router.templates import Renderer
 from schemas import Catalog, CloudEvent, Delivery, Priority, State, Status, delivery_id
 from schemas.cloudevents import format_time
-from schemas.errors import MissingHeaderError, TemplateError
+from schemas.errors import ConfigError, MissingHeaderError, TemplateError
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = RuleSet.load(REPO / "config" / "rules.yaml")
@@ -342,3 +342,36 @@ def test_event_context() -> None:
     ce = CloudEvent.new("t", source="/s", subject=None, id="i", tenant="acme", time=WHEN)
     assert event_context(ce) == {"id": "i", "source": "/s", "type": "t", "time": "2024-05-17T09:30:15.123Z",
                                  "subject": None, "tenant": "acme"}
+
+
+# -- the in-app action link --------------------------------------------------------------
+
+
+def test_the_rule_action_link_goes_with_the_in_app_delivery_only(renderer: Renderer) -> None:
+    ada = ADA.model_copy(update={"contacts": {**ADA.contacts, "inapp": "on"}})
+    rules = _rules(channels=["inapp", "email"],
+                   action={"url": "https://jobs.example.com/matches/{{ match_id }}", "label": "View {{ job_title }}"})
+    inapp, email = _route(renderer, rules=rules, recipient=ada).deliveries
+    assert inapp.metadata == {"action_url": "https://jobs.example.com/matches/m-7", "action_label": "View Engineer"}
+    assert email.metadata == {}
+
+
+def test_an_action_without_label_gives_only_the_url(renderer: Renderer) -> None:
+    ada = ADA.model_copy(update={"contacts": {**ADA.contacts, "inapp": "on"}})
+    (inapp,) = _route(renderer, rules=_rules(channels=["inapp"], action={"url": "/matches/{{ match_id }}"}),
+                      recipient=ada).deliveries
+    assert inapp.metadata == {"action_url": "/matches/m-7"}
+
+
+def test_an_action_that_cannot_render_names_the_rule(renderer: Renderer) -> None:
+    ada = ADA.model_copy(update={"contacts": {**ADA.contacts, "inapp": "on"}})
+    rules = _rules(channels=["inapp"], action={"url": "/jobs/{{ no_such_field }}"})
+    with pytest.raises(ActionError, match=r"rule r: action failed: .*no_such_field"):
+        _route(renderer, rules=rules, recipient=ada)
+    with pytest.raises(ActionError, match="rendered empty"):
+        _route(renderer, rules=_rules(channels=["inapp"], action={"url": "{{ '' }}"}), recipient=ada)
+
+
+def test_an_action_template_that_does_not_parse_fails_at_load() -> None:
+    with pytest.raises(ConfigError, match=r"action template .* does not parse"):
+        _rules(channels=["inapp"], action={"url": "/jobs/{{ match_id"})
