@@ -9,7 +9,8 @@ sent once each, concurrently under the channel's in-flight limit. A transient
 failure goes to the next retry tier (see :mod:`consumers.retry`), a permanent
 one or the last allowed attempt to the DLQ. While an endpoint's circuit
 breaker is open, its deliveries go to a retry tier without calling the
-provider. Then the sent marks are written (one round trip), the retry records,
+provider. Sent marks are written as sends complete (the sends that finish
+together share one pipeline), and all of them before the retry records,
 status events and dead letters are produced, Kafka's acknowledgement is
 awaited, and only then are the offsets stored. A dead-lettered delivery that
 carries a fallback chain queues the next channel's delivery in the same batch;
@@ -17,7 +18,8 @@ an in-app one with an unread fallback schedules it with its sent mark (see
 :mod:`consumers.fallback`).
 
 Duplicate window: a crash after the provider accepted a message and before
-the sent mark is written re-sends it on restart. Receivers get the delivery id
+its sent mark is written re-sends it on restart; writing each mark as its send
+completes keeps that window to the sends in flight at the crash, not the batch. Receivers get the delivery id
 (``webhook-id``, ``Message-ID``) to close that window on their side.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -170,15 +173,16 @@ class DeliverConsumer(ConsumerLoop):
                 todo.append(item)
             seen.add(d.delivery_id)
 
-        await asyncio.gather(*(self._deliver(i) for i in todo))
+        mark_writer = _EagerMarks(self._mark_sent)
+        await asyncio.gather(*(self._deliver(i, mark_writer) for i in todo))
 
         delivered = [i for i in todo if i.outcome == "delivered"]
         if delivered:
             try:
-                await self._mark_sent(delivered)
+                await mark_writer.finish()
             except RedisError as exc:
                 # The sends happened; without the mark a retry would repeat them. Keep
-                # trying the mark, not the sends.
+                # trying the marks (all of them: writing one twice is harmless), not the sends.
                 await self._mark_sent_until_ok(delivered, exc)
 
         for item in items:
@@ -225,7 +229,7 @@ class DeliverConsumer(ConsumerLoop):
                 log.error("sent marks still failing: %s", exc)
             self.health.tick()
 
-    async def _deliver(self, item: _Item) -> None:
+    async def _deliver(self, item: _Item, mark_writer: _EagerMarks) -> None:
         """One attempt, unless the endpoint's breaker is open; then the outcome's path."""
         d = item.delivery
         assert d is not None
@@ -264,6 +268,7 @@ class DeliverConsumer(ConsumerLoop):
         metrics.END_TO_END_LATENCY.labels(self.channel_name).observe(
             max(0.0, (datetime.now(UTC) - d.event_time).total_seconds()))
         item.outcome = "delivered"
+        mark_writer.add(item)
 
     def _plan(self, item: _Item, *, count_attempt: bool) -> None:
         d = item.delivery
@@ -345,6 +350,43 @@ class DeliverConsumer(ConsumerLoop):
 
     def _dead_letter(self, item: _Item, reason: str, message: str) -> None:
         self.dead_letter(item.msg, self.dlq_topic, reason, message, max(item.attempts, 1), item.first_failure)
+
+
+class _EagerMarks:
+    """Sent marks written while the batch's other sends are still running.
+
+    Each completed send is queued; one writer task drains the queue, so sends
+    that complete while a write is under way go together in the next pipeline.
+    A failed write is remembered and raised by :meth:`finish`; the caller then
+    rewrites every mark of the batch until Redis answers.
+    """
+
+    def __init__(self, write: Callable[[list[_Item]], Awaitable[None]]) -> None:
+        self._write = write
+        self._queue: list[_Item] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._error: RedisError | None = None
+
+    def add(self, item: _Item) -> None:
+        self._queue.append(item)
+        if self._error is None and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queue and self._error is None:
+            chunk, self._queue = self._queue, []
+            try:
+                await self._write(chunk)
+            except RedisError as exc:
+                self._error = exc
+
+    async def finish(self) -> None:
+        """Wait for the writer, write what is left; raise the first write error, if any."""
+        if self._writer is not None:
+            await self._writer
+        await self._drain()
+        if self._error is not None:
+            raise self._error
 
 
 def _storable(items: list[_Item]) -> list[TopicPartition]:
