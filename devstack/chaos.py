@@ -295,6 +295,11 @@ class Run:
         proc = self.procs.pop(role)
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait()
+        # A sink may still record a message whose last bytes the killed process sent just before it
+        # died (the server finishes the transaction on its own). Nothing restarts the role before
+        # kill() returns, so waiting here lets those land before the boundary without letting a
+        # re-send in.
+        time.sleep(1.0)
         # Arrival index (in this scenario's records of the sink) at the kill, to explain duplicates.
         if role == "email":
             self.kills[role].append(len(self.env.smtp.received()) - self.smtp_base)
