@@ -48,17 +48,15 @@ import html
 import json
 import re
 import secrets
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar, Self, TextIO
+from typing import Any, ClassVar, TextIO
 from urllib.parse import parse_qs, urlsplit
 
-from devstack.sinks import Record, _HttpServer, _Recorder
+from devstack.sinks import Record, _HttpSink
 
 __all__ = ["TELEGRAM_TOKEN", "TWILIO_ACCOUNT", "TWILIO_TOKEN", "ProviderSink", "target_of"]
 
@@ -119,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the sink echoes deliveries itself."""
 
 
-class ProviderSink(_Recorder):
+class ProviderSink(_HttpSink):
     """Slack, Discord, Telegram, Teams and Twilio on one loopback port."""
 
     def __init__(
@@ -135,49 +133,16 @@ class ProviderSink(_Recorder):
         record: str | Path | None = None,
         echo: bool | TextIO = False,
     ) -> None:
-        super().__init__(record, echo)
         for target, kind in (faults or {}).items():
             if kind not in FAULTS:
                 raise ValueError(f"fault {kind!r} for {target!r} is not one of {', '.join(FAULTS)}")
-        self.host = host
         self.faults = dict(faults or {})
         self.telegram_token = telegram_token
         self.twilio_account = twilio_account
         self.twilio_token = twilio_token
         self.slow_delay = slow_delay
-        handler = type("_BoundProviderHandler", (_Handler,), {"sink": self})
-        self._server = _HttpServer((host, port), handler)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port, _Handler, record, echo)
         self._count = 0
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def url(self, path: str = "") -> str:
-        return f"http://{self.host}:{self.port}{path}"
-
-    def start(self) -> Self:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _next(self) -> int:
         with self._changed:

@@ -362,43 +362,23 @@ class _HttpServer(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class WebhookSink(_Recorder):
-    """A real HTTP server on loopback that records every POST it gets.
+class _HttpSink(_Recorder):
+    """A recording HTTP server on its own thread: the life cycle both HTTP stand-ins share."""
 
-    Records: ``{"kind": "webhook", "path": ..., "status": <our answer>,
-    "delivery_id": <webhook-id>, "body": <parsed JSON or text>, "raw": <body text>,
-    "headers": {...}, "peer": "host:port", "answer": <our answer body>}``.
-
-    With ``secret``, a request whose Standard Webhooks signature does not verify
-    is answered 401 (and recorded with ``"error"``). ``statuses`` maps paths to
-    fixed answers: a status, ``(status, headers)`` or a :class:`Reply`.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        secret: str | None = None,
-        statuses: Mapping[str, ReplySpec] | None = None,
-        record: str | Path | None = None,
-        echo: bool | TextIO = False,
-    ) -> None:
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler],
+                 record: str | Path | None, echo: bool | TextIO) -> None:
         super().__init__(record, echo)
         self.host = host
-        self.secret = secret
-        self.replies = {path: _as_reply(spec) for path, spec in (statuses or {}).items()}
-        handler = type("_BoundWebhookHandler", (_WebhookHandler,), {"sink": self})
-        self._server = _HttpServer((host, port), handler)
+        bound = type(f"_Bound{handler.__name__}", (handler,), {"sink": self})
+        self._server = _HttpServer((host, port), bound)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._answered = 0
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
-    def url(self, path: str = "/") -> str:
+    def url(self, path: str = "") -> str:
         return f"http://{self.host}:{self.port}{path}"
 
     def start(self) -> Self:
@@ -421,6 +401,37 @@ class WebhookSink(_Recorder):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class WebhookSink(_HttpSink):
+    """A real HTTP server on loopback that records every POST it gets.
+
+    Records: ``{"kind": "webhook", "path": ..., "status": <our answer>,
+    "delivery_id": <webhook-id>, "body": <parsed JSON or text>, "raw": <body text>,
+    "headers": {...}, "peer": "host:port", "answer": <our answer body>}``.
+
+    With ``secret``, a request whose Standard Webhooks signature does not verify
+    is answered 401 (and recorded with ``"error"``). ``statuses`` maps paths to
+    fixed answers: a status, ``(status, headers)`` or a :class:`Reply`.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        secret: str | None = None,
+        statuses: Mapping[str, ReplySpec] | None = None,
+        record: str | Path | None = None,
+        echo: bool | TextIO = False,
+    ) -> None:
+        self.secret = secret
+        self.replies = {path: _as_reply(spec) for path, spec in (statuses or {}).items()}
+        super().__init__(host, port, _WebhookHandler, record, echo)
+        self._answered = 0
+
+    def url(self, path: str = "/") -> str:
+        return super().url(path)
 
     def _handle(self, request: _WebhookHandler) -> None:
         length = int(request.headers.get("Content-Length") or 0)
