@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import httpx
 from pydantic import Field
@@ -102,6 +102,33 @@ class ProviderConfig(ChannelConfig):
     """Honour HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE from the environment."""
 
 
+
+class ClientSettings(Protocol):
+    """What :func:`pooled_client` reads from a channel's configuration."""
+
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def connect_timeout(self) -> float: ...
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def trust_env(self) -> bool: ...
+    @property
+    def user_agent(self) -> str: ...
+
+
+def pooled_client(config: ClientSettings) -> httpx.AsyncClient:
+    """The one httpx client an HTTP channel keeps: pooled, no redirects followed, our user agent."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+        limits=httpx.Limits(max_connections=config.max_connections,
+                            max_keepalive_connections=config.max_connections),
+        follow_redirects=False,
+        trust_env=config.trust_env,
+        headers={"user-agent": config.user_agent},
+    )
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A provider's answer: status, headers and (the start of) the body."""
@@ -152,17 +179,7 @@ class HttpChannel(Channel):
         if self._closed:
             raise RuntimeError(f"{type(self).__name__}.send() called after aclose()")
         if self._client is None:
-            config = self.config
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-                limits=httpx.Limits(
-                    max_connections=config.max_connections,
-                    max_keepalive_connections=config.max_connections,
-                ),
-                follow_redirects=False,
-                trust_env=config.trust_env,
-                headers={"user-agent": config.user_agent},
-            )
+            self._client = pooled_client(self.config)
         return self._client
 
     async def post(

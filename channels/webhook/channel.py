@@ -11,7 +11,7 @@ import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_url
-from channels.http import excerpt, parse_retry_after
+from channels.http import excerpt, parse_retry_after, pooled_client
 from channels.netguard import NetworkGuard, parse_networks
 from channels.ratelimit import EndpointLimiter, Rate
 from channels.signing import secret_key, sign
@@ -108,17 +108,7 @@ class WebhookChannel(Channel):
         if self._closed:
             raise RuntimeError("WebhookChannel.send() called after aclose()")
         if self._client is None:
-            config = self.config
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-                limits=httpx.Limits(
-                    max_connections=config.max_connections,
-                    max_keepalive_connections=config.max_connections,
-                ),
-                follow_redirects=False,
-                trust_env=config.trust_env,
-                headers={"user-agent": config.user_agent},
-            )
+            self._client = pooled_client(self.config)
         return self._client
 
     def request_headers(self, delivery: Delivery, body: bytes, timestamp: int) -> dict[str, str]:
