@@ -52,6 +52,16 @@ class ConditionError(InputError):
     """A rule's condition could not be evaluated for this event."""
 
 
+def _checked(source: str | None, what: str, compile_it: Callable[[str], object]) -> str | None:
+    """``source`` unchanged if it compiles (or is None); else a ValueError naming ``what``."""
+    if source is not None:
+        try:
+            compile_it(source)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"{what} {source!r} does not parse: {exc.message}") from exc
+    return source
+
+
 class Action(BaseModel):
     """The link an in-app notification offers (seed 003's action URL and label); both are templates."""
 
@@ -65,12 +75,7 @@ class Action(BaseModel):
     @field_validator("url", "label")
     @classmethod
     def _parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                _CONDITIONS.from_string(value)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"action template {value!r} does not parse: {exc.message}") from exc
-        return value
+        return _checked(value, "action template", _CONDITIONS.from_string)
 
 
 class ActionError(InputError):
@@ -121,11 +126,7 @@ class Rule(BaseModel):
         check_chains(self.channels, dict(self.fallback), self.unread_fallback, lambda c: bool(_NAME.match(c)))
         if self.topic is not None and self.audience != "subscribers":
             raise ValueError("topic applies to audience: subscribers")
-        if self.topic is not None:
-            try:
-                _CONDITIONS.from_string(self.topic)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"topic {self.topic!r} does not parse: {exc.message}") from exc
+        _checked(self.topic, "topic", _CONDITIONS.from_string)
         seen = [c.channel for c in self.digests]
         for channel in seen:
             if channel not in self.channels:
@@ -174,12 +175,7 @@ class Rule(BaseModel):
     @field_validator("when")
     @classmethod
     def _condition(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                _CONDITIONS.compile_expression(value)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"condition {value!r} does not parse: {exc.message}") from exc
-        return value
+        return _checked(value, "condition", _CONDITIONS.compile_expression)
 
 
 class TopicError(InputError):
