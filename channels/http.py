@@ -44,6 +44,7 @@ from pydantic import Field
 
 from channels.base import Channel, ChannelConfig
 from channels.ratelimit import EndpointLimiter, Rate
+from channels.transport import KeepAliveTransport
 from schemas import Delivery
 from schemas.errors import DeliveryError, PermanentError, RateLimitedError, TransientError
 
@@ -119,11 +120,13 @@ class ClientSettings(Protocol):
 
 
 def pooled_client(config: ClientSettings) -> httpx.AsyncClient:
-    """The one httpx client an HTTP channel keeps: pooled, no redirects followed, our user agent."""
+    """The one httpx client an HTTP channel keeps: pooled by :class:`~channels.transport.KeepAliveTransport`,
+    no redirects followed, our user agent."""
+    transport = KeepAliveTransport(config.max_connections,
+                                   ssl_context=httpx.create_ssl_context(trust_env=config.trust_env))
     return httpx.AsyncClient(
+        transport=transport,
         timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-        limits=httpx.Limits(max_connections=config.max_connections,
-                            max_keepalive_connections=config.max_connections),
         follow_redirects=False,
         trust_env=config.trust_env,
         headers={"user-agent": config.user_agent},

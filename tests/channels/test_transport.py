@@ -1,0 +1,292 @@
+"""channels.transport against real HTTP/1.1 servers on loopback (asyncio servers written here,
+so that each test controls the answer byte by byte: keep-alive, close, chunks, silence, garbage)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from channels.transport import KeepAliveTransport
+from tests.channels.conftest import Certificate
+
+Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
+"""Writes the answer to one request (its head and body given); False closes the connection."""
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
+
+
+@dataclass
+class Server:
+    port: int
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+
+    def url(self, path: str = "/hook", scheme: str = "http", host: str = "127.0.0.1") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return head + body
+
+
+async def answer_ok(request: bytes, writer: asyncio.StreamWriter) -> bool:
+    writer.write(OK)
+    return True
+
+
+@asynccontextmanager
+async def http_server(answer: Answer = answer_ok, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
+    state = Server(port=0)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            while (request := await _read_request(reader)) is not None:
+                state.requests.append(request)
+                keep = await answer(request, writer)
+                await writer.drain()
+                if not keep:
+                    break
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test function in a fresh event loop (fixtures pass through by name)."""
+
+    @functools.wraps(test)
+    def run(*args: object, **kwargs: object) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+def client(max_connections: int = 4, timeout: float = 5.0, **kwargs: object) -> httpx.AsyncClient:
+    transport = KeepAliveTransport(max_connections, **kwargs)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, timeout=timeout)
+
+
+# -- keep-alive and the pool ---------------------------------------------------------------------
+
+
+@in_loop
+async def test_sequential_requests_share_one_connection_and_bodies_arrive_intact() -> None:
+    async with http_server() as server, client() as http:
+        for i in range(30):
+            answer = await http.post(server.url(), content=f'{{"n":{i}}}'.encode(),
+                                     headers={"webhook-id": f"d-{i}"})
+            assert answer.status_code == 200 and answer.json() == {"ok": True}
+    assert server.connections == 1
+    assert len(server.requests) == 30
+    assert server.requests[7].endswith(b'{"n":7}')
+    assert b"webhook-id: d-7\r\n" in server.requests[7]
+    assert b"content-length: 7\r\n" in server.requests[7].lower()
+
+
+@in_loop
+async def test_concurrent_requests_never_open_more_than_max_connections() -> None:
+    async def slow_ok(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.01)
+        writer.write(OK)
+        return True
+
+    async with http_server(slow_ok) as server, client(max_connections=3) as http:
+        answers = await asyncio.gather(*(http.post(server.url(), content=b"{}") for _ in range(40)))
+    assert [a.status_code for a in answers] == [200] * 40
+    assert 1 <= server.connections <= 3
+
+
+@in_loop
+async def test_a_connection_the_server_closes_is_not_reused() -> None:
+    async def close_after(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
+        return False
+
+    async with http_server(close_after) as server, client() as http:
+        for _ in range(5):
+            assert (await http.post(server.url(), content=b"{}")).text == "ok"
+    assert server.connections == 5
+
+
+@in_loop
+async def test_an_idle_connection_closed_by_the_server_meanwhile_is_replaced() -> None:
+    async def answer_then_hang_up(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK)  # keep-alive answer, but the server goes away right after
+        return False
+
+    async with http_server(answer_then_hang_up) as server, client() as http:
+        assert (await http.post(server.url(), content=b"{}")).status_code == 200
+        await asyncio.sleep(0.1)  # the peer's close reaches our idle connection
+        assert (await http.post(server.url(), content=b"{}")).status_code == 200
+    assert server.connections == 2
+
+
+@in_loop
+async def test_an_expired_idle_connection_is_not_reused() -> None:
+    async with http_server() as server, client(keepalive_expiry=0.0) as http:
+        for _ in range(3):
+            await http.post(server.url(), content=b"{}")
+            await asyncio.sleep(0.01)
+    assert server.connections == 3
+
+
+@in_loop
+async def test_chunked_answers_are_read_whole() -> None:
+    async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        return True
+
+    async with http_server(chunked) as server, client() as http:
+        first = await http.post(server.url(), content=b"{}")
+        second = await http.post(server.url(), content=b"{}")
+    assert (first.status_code, first.text, second.text) == (202, "hello world", "hello world")
+    assert server.connections == 1
+
+
+@in_loop
+async def test_an_answer_left_unread_closes_its_connection() -> None:
+    async with http_server() as server, client() as http:
+        async with http.stream("POST", server.url(), content=b"{}") as answer:
+            assert answer.status_code == 200  # the body is never read
+        assert (await http.post(server.url(), content=b"{}")).status_code == 200
+    assert server.connections == 2
+
+
+# -- failures map to httpx's exceptions -----------------------------------------------------------
+
+
+@in_loop
+async def test_a_closed_port_is_a_connect_error(closed_port: int) -> None:
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.post(f"http://127.0.0.1:{closed_port}/", content=b"{}")
+
+
+@in_loop
+async def test_silence_is_a_read_timeout_and_frees_the_slot() -> None:
+    calls = 0
+
+    async def silent_once(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)
+        writer.write(OK)
+        return True
+
+    async with http_server(silent_once) as server, client(max_connections=1, timeout=0.3) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(server.url(), content=b"{}")
+        assert (await http.post(server.url(), content=b"{}")).status_code == 200  # the one slot came back
+    assert server.connections == 2  # the timed-out connection was not reused
+
+
+@in_loop
+async def test_a_hang_up_without_an_answer_is_a_protocol_error() -> None:
+    async def hang_up(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async with http_server(hang_up) as server, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post(server.url(), content=b"{}")
+
+
+@in_loop
+async def test_garbage_is_a_protocol_error() -> None:
+    async def garbage(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        return False
+
+    async with http_server(garbage) as server, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="malformed answer"):
+            await http.post(server.url(), content=b"{}")
+
+
+@in_loop
+async def test_a_full_pool_is_a_pool_timeout() -> None:
+    release = asyncio.Event()
+
+    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        writer.write(OK)
+        return True
+
+    async with http_server(held) as server, client(max_connections=1) as http:
+        first = asyncio.create_task(http.post(server.url(), content=b"{}"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await http.post(server.url(), content=b"{}", timeout=httpx.Timeout(5.0, pool=0.1))
+        release.set()
+        assert (await first).status_code == 200
+
+
+@in_loop
+async def test_a_cancelled_request_gives_its_slot_back() -> None:
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.5)
+        writer.write(OK)
+        return True
+
+    async with http_server(slow) as server, client(max_connections=1) as http:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await http.post(server.url(), content=b"{}")
+        assert (await http.post(server.url(), content=b"{}")).status_code == 200
+
+
+@in_loop
+async def test_unsupported_scheme_is_refused() -> None:
+    async with client() as http:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            await http.post("ftp://127.0.0.1/x", content=b"{}")
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@in_loop
+async def test_tls_with_a_trusted_certificate_and_the_pinned_server_name(certificate: Certificate) -> None:
+    trusted = ssl.create_default_context(cafile=str(certificate.cert))
+    async with http_server(tls=certificate.server_context()) as server, client(ssl_context=trusted) as http:
+        # The SSRF guard connects to the checked address and names the host for SNI and the check.
+        answer = await http.post(server.url(scheme="https"), content=b"{}",
+                                 extensions={"sni_hostname": "localhost"})
+        again = await http.post(server.url(scheme="https", host="localhost"), content=b"{}")
+    assert answer.status_code == again.status_code == 200
+
+
+@in_loop
+async def test_tls_with_an_untrusted_certificate_is_a_connect_error(certificate: Certificate) -> None:
+    async with http_server(tls=certificate.server_context()) as server, client() as http:
+        with pytest.raises(httpx.ConnectError, match="TLS handshake failed"):
+            await http.post(server.url(scheme="https", host="localhost"), content=b"{}")
+    assert server.requests == []
