@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 import math
+import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -78,6 +79,7 @@ def _origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}{port}/***"
 
 
+_LOG = logging.getLogger(__name__)
 _HTTPX_LOG = logging.getLogger("httpx")
 if not any(isinstance(f, _MaskUrls) for f in _HTTPX_LOG.filters):
     _HTTPX_LOG.addFilter(_MaskUrls())
@@ -105,7 +107,7 @@ class ProviderConfig(ChannelConfig):
 
 
 class ClientSettings(Protocol):
-    """What :func:`pooled_client` reads from a channel's configuration."""
+    """What :class:`HttpPool` reads from a channel's configuration."""
 
     @property
     def timeout(self) -> float: ...
@@ -119,18 +121,53 @@ class ClientSettings(Protocol):
     def user_agent(self) -> str: ...
 
 
-def pooled_client(config: ClientSettings) -> httpx.AsyncClient:
-    """The one httpx client an HTTP channel keeps: pooled by :class:`~channels.transport.KeepAliveTransport`,
-    no redirects followed, our user agent."""
-    transport = KeepAliveTransport(config.max_connections,
-                                   ssl_context=httpx.create_ssl_context(trust_env=config.trust_env))
-    return httpx.AsyncClient(
-        transport=transport,
-        timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
-        follow_redirects=False,
-        trust_env=config.trust_env,
-        headers={"user-agent": config.user_agent},
-    )
+class HttpPool:
+    """The one HTTP pool an HTTP channel keeps: :class:`~channels.transport.KeepAliveTransport`
+    under an ``httpx.AsyncClient``, no redirects followed, our user agent.
+
+    :meth:`post` hands the request straight to the transport: the client's own
+    layers (merging defaults, cookies, auth and redirect hooks) cost as much CPU as
+    the transport itself and a channel uses none of them. When ``trust_env`` is on
+    and the environment names a proxy, requests go through the client instead,
+    which routes them over httpx's proxy transports.
+    """
+
+    def __init__(self, config: ClientSettings) -> None:
+        self.transport = KeepAliveTransport(config.max_connections,
+                                            ssl_context=httpx.create_ssl_context(trust_env=config.trust_env))
+        self.client = httpx.AsyncClient(
+            transport=self.transport,
+            timeout=httpx.Timeout(config.timeout, connect=config.connect_timeout),
+            follow_redirects=False,
+            trust_env=config.trust_env,
+            headers={"user-agent": config.user_agent},
+        )
+        self.direct = not (config.trust_env and urllib.request.getproxies())
+        self._timeout = {"connect": config.connect_timeout, "read": config.timeout, "write": config.timeout,
+                         "pool": config.timeout}
+        self._user_agent = config.user_agent
+
+    async def post(self, url: httpx.URL | str, headers: dict[str, str] | None = None,
+                   extensions: dict[str, Any] | None = None, **body: Any) -> tuple[int, httpx.Headers, bytes]:
+        """POST and read up to 64 KiB of the answer; ``body`` is httpx's ``content``, ``json`` or ``data``
+        (and ``auth``, which takes the client's path). Transport failures raise httpx's exceptions."""
+        if not self.direct or "auth" in body:  # httpx's auth flows live in the client
+            async with self.client.stream("POST", url, headers=headers, extensions=extensions, **body) as response:
+                return response.status_code, response.headers, await _read_some(response)
+        request = httpx.Request("POST", url, headers={"user-agent": self._user_agent, **(headers or {})},
+                                extensions={"timeout": self._timeout, **(extensions or {})}, **body)
+        response = await self.transport.handle_async_request(request)
+        try:
+            answer = await _read_some(response)
+        finally:
+            await response.aclose()
+        if _LOG.isEnabledFor(logging.DEBUG):  # as httpx's client logs it, with the URL masked the same way
+            _LOG.debug("HTTP Request: POST %s %d", _origin(request.url), response.status_code)
+        return response.status_code, response.headers, answer
+
+    async def aclose(self) -> None:
+        await self.client.aclose()  # closes the transport too
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -166,7 +203,7 @@ class HttpChannel(Channel):
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"{self.name} base_url must start with http:// or https://")
         self.limiter = EndpointLimiter(max_wait=config.max_queue_wait)
-        self._client: httpx.AsyncClient | None = None
+        self._pool: HttpPool | None = None
         self._closed = False
 
     def max_in_flight(self) -> int:
@@ -178,12 +215,12 @@ class HttpChannel(Channel):
         default = self.default_rate
         return Rate(self.config.per_second or default.per_second, self.config.burst or default.burst)
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> HttpPool:
         if self._closed:
             raise RuntimeError(f"{type(self).__name__}.send() called after aclose()")
-        if self._client is None:
-            self._client = pooled_client(self.config)
-        return self._client
+        if self._pool is None:
+            self._pool = HttpPool(self.config)
+        return self._pool
 
     async def post(
         self, url: str, where: str, limits: dict[str, Rate], delivery_id: str | None = None, **request: Any
@@ -198,12 +235,11 @@ class HttpChannel(Channel):
         if delivery_id is not None:
             request["headers"] = {**request.get("headers", {}), "x-tidings-delivery-id": delivery_id}
         await self.limiter.acquire(limits)
-        client = self._http()
+        pool = self._http()
         timeout = self.config.timeout
         try:
             async with asyncio.timeout(timeout):
-                async with client.stream("POST", url, **request) as response:
-                    body = await _read_some(response)
+                status, headers, body = await pool.post(url, **request)
         except TimeoutError as exc:
             raise TransientError(f"{where} timed out after {timeout:g} s") from exc
         except httpx.TimeoutException as exc:
@@ -211,13 +247,13 @@ class HttpChannel(Channel):
         except httpx.HTTPError as exc:
             # The exception text can hold the request URL, and with it a token: name the class only.
             raise TransientError(f"{where} failed: {type(exc).__name__}") from exc
-        return Answer(response.status_code, response.headers, body)
+        return Answer(status, headers, body)
 
     async def aclose(self) -> None:
         self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
 
 async def _read_some(response: httpx.Response) -> bytes:

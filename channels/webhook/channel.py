@@ -11,7 +11,7 @@ import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_url
-from channels.http import excerpt, parse_retry_after, pooled_client
+from channels.http import HttpPool, excerpt, parse_retry_after
 from channels.netguard import NetworkGuard, parse_networks
 from channels.ratelimit import EndpointLimiter, Rate
 from channels.signing import secret_key, sign
@@ -25,7 +25,6 @@ from schemas.errors import (
     TransientError,
 )
 
-_MAX_ANSWER = 64 * 1024
 _FOLLOWED = (307, 308)  # the redirects that keep the method and the body
 _UNLIMITED = Rate(per_second=1e9, burst=1e9)
 
@@ -101,15 +100,15 @@ class WebhookChannel(Channel):
         self.guard = NetworkGuard(config.allow_networks)
         self.limiter = EndpointLimiter(max_wait=config.max_queue_wait)
         self._rate = Rate(config.per_second, config.burst) if config.per_second else None
-        self._client: httpx.AsyncClient | None = None
+        self._pool: HttpPool | None = None
         self._closed = False
 
-    def _http(self) -> httpx.AsyncClient:
+    def _http(self) -> HttpPool:
         if self._closed:
             raise RuntimeError("WebhookChannel.send() called after aclose()")
-        if self._client is None:
-            self._client = pooled_client(self.config)
-        return self._client
+        if self._pool is None:
+            self._pool = HttpPool(self.config)
+        return self._pool
 
     def request_headers(self, delivery: Delivery, body: bytes, timestamp: int) -> dict[str, str]:
         headers = {
@@ -158,14 +157,11 @@ class WebhookChannel(Channel):
             if credential is not None and (url.scheme, url.host, url.port) == origin:
                 sent_headers.update(credential.headers())
             extensions = {"sni_hostname": target.host} if url.scheme == "https" else {}
-            client = self._http()
-            async with client.stream(
-                "POST", target.url, content=body, headers=sent_headers, extensions=extensions
-            ) as response:
-                answer = await _read_some(response)
-            location = response.headers.get("location")
-            if response.status_code not in _FOLLOWED or not location or hop == self.config.max_redirects:
-                return response.status_code, response.headers, answer
+            status, answer_headers, answer = await self._http().post(
+                target.url, content=body, headers=sent_headers, extensions=extensions)
+            location = answer_headers.get("location")
+            if status not in _FOLLOWED or not location or hop == self.config.max_redirects:
+                return status, answer_headers, answer
             try:
                 url = _check_url(str(url.join(location)))
             except InvalidAddressError as exc:
@@ -174,9 +170,9 @@ class WebhookChannel(Channel):
 
     async def aclose(self) -> None:
         self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
-            await client.aclose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
 
 
 def _check_url(address: str) -> httpx.URL:
@@ -187,21 +183,6 @@ def _check_url(address: str) -> httpx.URL:
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidAddressError(f"webhook address {mask_url(address)!r} is not an absolute http(s) URL with a host")
     return url
-
-
-async def _read_some(response: httpx.Response) -> bytes:
-    """Up to 64 KiB of the answer; an undecodable answer reads as empty."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in response.aiter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= _MAX_ANSWER:
-                break
-    except httpx.DecodingError:
-        return b""
-    return b"".join(chunks)[:_MAX_ANSWER]
 
 
 def _failure(status: int, headers: httpx.Headers, answer: bytes, masked: str) -> DeliveryError:

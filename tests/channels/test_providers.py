@@ -154,7 +154,7 @@ def test_telegram_wrong_token_is_transient_and_the_token_never_shows(
     assert isinstance(error, TransientError) and "bot token was refused" in str(error)
     assert "wrong-token" not in str(error)
     assert "wrong-token" not in caplog.text
-    assert "HTTP Request" in caplog.text  # httpx did log the call, masked
+    assert "HTTP Request" in caplog.text  # the call was logged, masked
 
 
 def test_telegram_429_uses_parameters_retry_after(sink: ProviderSink, make_delivery: Any) -> None:

@@ -424,7 +424,8 @@ class Bench:
 
         log(f"B2: peer, an RQ worker posting {n_rq:,} jobs one blocking call each")
         rq_rate = self.rq_peer(url, requests[:n_rq])
-        res.figures.update(deliveries=n, ours_per_s=round(ours.rate()), raw_httpx_per_s=round(raw),
+        res.figures.update(deliveries=n, ours_per_s=round(ours.rate()),
+                           ours_cpu_us_per_delivery=round(ours.cpu_us_per_record(), 1), raw_httpx_per_s=round(raw),
                            rq_jobs=n_rq, rq_per_s=round(rq_rate, 1), in_flight=in_flight,
                            ratio_raw=round(ours.rate() / raw, 3), ratio_rq=round(ours.rate() / rq_rate, 1))
         res.notes.append("ours includes Kafka consume, sent-mark reads and writes in Redis and status events")
