@@ -22,13 +22,21 @@ changes between the check and the connection (DNS rebinding) changes nothing.
 A refused URL is an :class:`~schemas.errors.InvalidAddressError`; a name that
 does not resolve is a :class:`~schemas.errors.TransientError` (DNS fails
 transiently more often than names disappear).
+
+Accepted targets are remembered per URL: an IP literal for good, a host name
+for ``dns_ttl`` seconds (30 by default), after which it is resolved and checked
+again. A remembered target is still the checked address, so the cache gives
+a rebinding attacker nothing; it saves a resolver call (a thread hop) and the
+checks on every request to the same receiver. Refusals are not remembered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -75,8 +83,12 @@ class Target:
 class NetworkGuard:
     """Resolves a URL's host and refuses non-public addresses outside the allow-list."""
 
-    def __init__(self, allow: Iterable[str] = ()) -> None:
+    CACHE_MAX = 10_000
+
+    def __init__(self, allow: Iterable[str] = (), dns_ttl: float = 30.0) -> None:
         self.allow = parse_networks(allow)
+        self.dns_ttl = dns_ttl
+        self._accepted: dict[str, tuple[float, Target]] = {}
 
     def refusal(self, address: IPAddress) -> str | None:
         """Why ``address`` may not be contacted, or None if it may."""
@@ -100,10 +112,15 @@ class NetworkGuard:
 
     async def resolve(self, url: httpx.URL) -> Target:
         """The target to connect to for ``url``; raises when any address of its host is refused."""
+        key = str(url)
+        known = self._accepted.get(key)
+        now = time.monotonic()
+        if known is not None and known[0] > now:
+            return known[1]
         host = url.host
         if not host:
             raise InvalidAddressError("URL has no host")
-        addresses = await _addresses(host, url.port or (443 if url.scheme == "https" else 80))
+        addresses, literal = await _addresses(host, url.port or (443 if url.scheme == "https" else 80))
         for address in addresses:
             why = self.refusal(address)
             if why is not None:
@@ -113,12 +130,17 @@ class NetworkGuard:
                     "if this receiver is meant to be internal"
                 )
         chosen = addresses[0]
-        return Target(url.copy_with(host=str(chosen)), host, chosen)
+        target = Target(url.copy_with(host=str(chosen)), host, chosen)
+        if len(self._accepted) >= self.CACHE_MAX:
+            self._accepted.clear()
+        self._accepted[key] = (math.inf if literal else now + self.dns_ttl, target)
+        return target
 
 
-async def _addresses(host: str, port: int) -> list[IPAddress]:
+async def _addresses(host: str, port: int) -> tuple[list[IPAddress], bool]:
+    """The addresses of ``host``, and whether it was an IP literal."""
     try:
-        return [ipaddress.ip_address(host)]
+        return [ipaddress.ip_address(host)], True
     except ValueError:
         pass
     loop = asyncio.get_running_loop()
@@ -133,4 +155,4 @@ async def _addresses(host: str, port: int) -> list[IPAddress]:
             found.append(address)
     if not found:
         raise TransientError(f"cannot resolve {host}: no addresses")
-    return found
+    return found, False

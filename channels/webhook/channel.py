@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from typing import Any, ClassVar
@@ -121,12 +122,10 @@ class WebhookChannel(Channel):
         return headers
 
     async def send(self, delivery: Delivery) -> Sent:
-        url = _check_url(delivery.address)
-        masked = mask_url(delivery.address)
+        url, masked, receiver = _endpoint(delivery.address)
         body = delivery.payload.encode() if delivery.payload is not None else default_body(delivery)
         headers = self.request_headers(delivery, body, int(time.time()))
         credential = credential_for(url, self.config.auth)
-        receiver = f"webhook:{url.scheme}://{url.netloc.decode('ascii')}"
         # Every receiver gets a key, so a 429's pause holds; a bucket only when a rate is configured.
         await self.limiter.acquire({receiver: self._rate or _UNLIMITED})
         try:
@@ -173,6 +172,14 @@ class WebhookChannel(Channel):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.aclose()
+
+
+@functools.lru_cache(maxsize=4096)
+def _endpoint(address: str) -> tuple[httpx.URL, str, str]:
+    """A webhook address parsed once: the URL, its masked form for messages, and the receiver
+    (scheme, host and port) its rate limit and 429 pauses are kept for."""
+    url = _check_url(address)
+    return url, mask_url(address), f"webhook:{url.scheme}://{url.netloc.decode('ascii')}"
 
 
 def _check_url(address: str) -> httpx.URL:

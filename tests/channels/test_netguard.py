@@ -135,3 +135,22 @@ def test_redirects_are_refused_unless_allowed_then_checked_at_every_hop(make_del
         assert new["raw"] == '{"n": 1}' and new["headers"]["webhook-id"] == hook.delivery_id  # POST and body kept
         assert isinstance(blocked, InvalidAddressError) and "127.0.0.2" in str(blocked)
         assert type(not_followed).__name__ == "PermanentError"  # a 303 would turn the POST into a GET
+
+
+def test_accepted_targets_are_remembered_for_the_dns_ttl() -> None:
+    url = httpx.URL("http://localhost:8080/x")
+
+    async def twice(guard: NetworkGuard) -> tuple[object, object]:
+        return await guard.resolve(url), await guard.resolve(url)
+
+    first, again = asyncio.run(twice(NetworkGuard(["127.0.0.0/8", "::1/128"])))
+    assert again is first  # the second call did not resolve or check again
+    first, again = asyncio.run(twice(NetworkGuard(["127.0.0.0/8", "::1/128"], dns_ttl=0.0)))
+    assert again is not first and again == first
+
+
+def test_refusals_are_not_remembered() -> None:
+    guard = NetworkGuard()
+    for _ in range(2):
+        with pytest.raises(InvalidAddressError, match="loopback"):
+            asyncio.run(guard.resolve(httpx.URL("http://127.0.0.1:8080/x")))
