@@ -10,6 +10,14 @@ up to 30 s: the consumer stops fetching, keeps polling (so the group keeps it
 and rebalances are served), then resumes and processes the batch again. Nothing
 is skipped and no offset moves past an unprocessed record.
 
+A handler may keep a batch's offsets back while part of its work is pending
+(the router sends a batch's Redis writes with the next batch's round trip).
+The loop asks it to finish (:meth:`ConsumerLoop.flush_pending`) after a poll
+that brought nothing, before partitions are revoked and before the consumer
+closes, and stores what that returns; partitions lost or abandoned have their
+kept-back offsets dropped (:meth:`ConsumerLoop.forget_pending`), so their next
+owner processes those records again.
+
 Handlers can also hold one partition until a given time (:meth:`ConsumerLoop.hold`):
 the retry tiers use it when the head record of a retry topic is not yet due.
 The poll loop never sleeps; a held partition is paused and resumed when due.
@@ -109,6 +117,17 @@ class ConsumerLoop(ABC):
     def on_close(self) -> None:  # noqa: B027 - optional hook
         """Release the handler's own resources."""
 
+    def flush_pending(self) -> list[TopicPartition]:
+        """Finish work ``handle`` left pending and return the offsets that may now be stored.
+
+        Called after a poll that brought no records, before partitions are revoked and before
+        the consumer closes. A handler that returns every batch's offsets has nothing pending.
+        """
+        return []
+
+    def forget_pending(self, partitions: list[TopicPartition] | None = None) -> None:  # noqa: B027 - optional hook
+        """``partitions`` (``None``: all) are no longer ours: drop offsets kept back for them."""
+
     # -- partition holds -----------------------------------------------------
 
     def hold(self, topic: str, partition: int, offset: int, until: float) -> None:
@@ -187,18 +206,23 @@ class ConsumerLoop(ABC):
                 log.debug("%s: resume on assign: %s", self.group, exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Called inside poll/consume, so no batch is in flight and everything done is
-        # stored. Ask for a commit without waiting: a synchronous commit inside the
-        # rebalance callback can block for as long as the coordinator is unreachable
+        # Called inside poll/consume, so no batch is in flight; what the handler kept
+        # pending is finished and stored here (if that fails, the records of the revoked
+        # partitions go to their new owner unstored and are processed again). Ask for a
+        # commit without waiting: a synchronous commit inside the rebalance callback can
+        # block for as long as the coordinator is unreachable
         # (seen with a broker restart). librdkafka also commits stored offsets of
         # removed partitions itself, as auto-commit is on.
         log.info("%s: revoked %s", self.group, _tps(partitions))
+        self._store(self.flush_pending())
+        self.forget_pending(partitions)
         self._commit_async()
         self._forget_lag(partitions)
         self._forget_holds(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("%s: lost %s (session expired); not committing", self.group, _tps(partitions))
+        self.forget_pending()
         self.health.on_lost()
         self._forget_lag(partitions)
         self._forget_holds(partitions)
@@ -273,6 +297,8 @@ class ConsumerLoop(ABC):
                 log.warning("%s: consume error: %s", self.group, err.str())
         good = self._drop_held(good)
         if not good:
+            if not messages and self._hold_all_until <= time.monotonic():
+                self._store(self.flush_pending())
             return
         for topic, n in Counter(m.topic() or "" for m in good).items():
             metrics.EVENTS_CONSUMED.labels(topic).inc(n)
@@ -289,18 +315,22 @@ class ConsumerLoop(ABC):
             self._hold_everything(good, backoff)
             return
         self._failures = 0
-        if offsets:
-            try:
-                self.consumer.store_offsets(offsets=offsets)
-            except KafkaException as exc:
-                # The partitions were taken away while the batch ran (a rebalance, or a
-                # batch that outlived max.poll.interval.ms). Their new owner reads the
-                # records again; dedup claims and sent marks make that harmless.
-                log.warning("%s: offsets not stored, partitions no longer ours: %s", self.group, exc)
+        self._store(offsets)
         for (metric, labels), n in self._tally.items():
             metric.labels(*labels).inc(n)
         self._tally.clear()
         metrics.BATCH_SECONDS.labels(self.role).observe(time.perf_counter() - started)
+
+    def _store(self, offsets: list[TopicPartition]) -> None:
+        if not offsets:
+            return
+        try:
+            self.consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            # The partitions were taken away while the batch ran (a rebalance, or a
+            # batch that outlived max.poll.interval.ms). Their new owner reads the
+            # records again; dedup claims and sent marks make that harmless.
+            log.warning("%s: offsets not stored, partitions no longer ours: %s", self.group, exc)
 
     def _drop_held(self, messages: list[Message]) -> list[Message]:
         """Leave out records of held partitions (fetched before the pause took effect);
@@ -374,6 +404,7 @@ class ConsumerLoop(ABC):
         closer = threading.Thread(target=_close_quietly, args=(old,), daemon=True)
         closer.start()
         closer.join(10.0)  # a close that hangs on an unreachable coordinator is left behind
+        self.forget_pending()
         self._held.clear()
         self._hold_all_until = 0.0
         self.consumer = Consumer(self._consumer_config)
@@ -392,7 +423,9 @@ class ConsumerLoop(ABC):
     def _shutdown(self) -> None:
         log.info("%s: shutting down", self.group)
         # close() revokes the assignment, commits the stored offsets (auto-commit is on)
-        # and leaves the group.
+        # and leaves the group. Work the handler left pending is finished first; if that
+        # fails nothing more is stored and the next owner processes those records again.
+        self._store(self.flush_pending())
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:

@@ -4,16 +4,27 @@ Per batch: decode every record (bad ones are dead-lettered at once), match
 the rules, one Redis round trip for dedup claims, recipients, preferences and
 the other state the decisions read, the pure decision per event, then produce
 deliveries (urgent ones on the channel's urgent lane), statuses and dead
-letters and wait for Kafka to acknowledge all of them. What the decisions
-changed in Redis (cap counts, content hashes, held deliveries, digest items)
-is written in one more pipeline, only when there is any, before the input
-offsets are stored.
+letters and wait for Kafka to acknowledge all of them.
+
+What the decisions changed in Redis (cap counts, content hashes, held
+deliveries, digest items, claims of dead-lettered events to drop) is not
+written then: it waits, with the batch's offsets, as the pending writes. The
+next batch's round trip carries them at its front (Redis runs a pipeline in
+order, so that batch's reads see them); once that pipeline succeeded the
+offsets are returned to be stored. With no next batch (a poll that brings
+nothing), before partitions are given up and at shutdown, the pending writes
+are sent alone (:meth:`RouterConsumer.flush_pending`). So one consumed batch
+costs one round trip. A crash before the writes went out leaves the batch's
+offsets unstored: the batch is routed again with its own claims, the same
+delivery ids, and its changes computed again, never applied twice.
 
 ``audience: subscribers`` rules fan out after that, page by page: read a page
 of subscribers after the checkpoint, decide, produce, wait for Kafka, then
 move the checkpoint. A crash resumes from the last checkpoint; the page in
 flight is produced again with the same delivery ids, which the channel
-consumers' sent marks turn into no-ops.
+consumers' sent marks turn into no-ops. A batch with a fan-out writes its
+own changes (and any pending ones) before the first page, so that the pages
+count caps on top of them: fan-outs keep their own round trips.
 
 Between batches (about once a second) the consumer releases held deliveries
 and digests that are due (:mod:`router.schedule`).
@@ -50,7 +61,7 @@ from router.digest import build_digest
 from router.lanes import lane_for
 from router.rules import CompiledRule, RuleSet
 from router.schedule import requested_time
-from router.state import Needs, RouterState
+from router.state import Needs, RouterState, Writes
 from router.subscriptions import SubscriptionStore
 from router.templates import Renderer
 from schemas import Catalog, CloudEvent, Delivery, State, Status
@@ -71,6 +82,24 @@ class _Parsed:
     owner: str
     matched: list[CompiledRule] | None = None
     topics: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """A batch whose Kafka output is acknowledged but whose Redis writes are not yet sent."""
+
+    writes: Writes
+    offsets: list[TopicPartition]
+
+
+def _merge(*groups: list[TopicPartition]) -> list[TopicPartition]:
+    """Offsets to store, the highest per partition."""
+    best: dict[tuple[str, int], int] = {}
+    for group in groups:
+        for tp in group:
+            key = (tp.topic, tp.partition)
+            best[key] = max(best.get(key, tp.offset), tp.offset)
+    return [TopicPartition(t, p, o) for (t, p), o in best.items()]
 
 
 def decode_event(catalog: Catalog, msg: Message) -> Event:
@@ -108,6 +137,9 @@ class RouterConsumer(ConsumerLoop):
         self.deadline = timedelta(seconds=settings.delivery_deadline_seconds)
         self.clock = clock or (lambda: datetime.now(UTC))
         self._next_release = 0.0
+        self._pending: _Pending | None = None
+        self._ready: list[TopicPartition] = []
+        """Offsets whose batches are fully written, not yet handed to the loop (a retried batch came between)."""
 
     def poll_once(self) -> None:
         super().poll_once()
@@ -169,10 +201,14 @@ class RouterConsumer(ConsumerLoop):
             p.matched = ectx_matched
             if ce.subject is not None and any(r.rule.audience == "subject" for r in ectx_matched):
                 refs.add((ce.tenant, ce.subject))
+        pending = self._pending
         try:
-            snapshot = self.state.load([(p.key, p.owner) for p in parsed], refs, needs)
+            snapshot = self.state.load([(p.key, p.owner) for p in parsed], refs, needs,
+                                       writes=pending.writes if pending else None)
         except RedisError as exc:
+            self._settle(pending)
             raise RetryBatch("redis", backoff=0.5) from exc
+        self._settle(pending)
 
         total = Decision()
         fanouts: list[tuple[_Parsed, CompiledRule]] = []
@@ -205,19 +241,65 @@ class RouterConsumer(ConsumerLoop):
             self.producer.commit_point()
         except ProduceError as err:
             raise RetryBatch("produce", backoff=1.0) from err
-        try:
-            self.state.write(snapshot.view.caps, total.content, total.holds, total.digests, now)
-        except RedisError as exc:
-            raise RetryBatch("redis", backoff=0.5) from exc
-        for p, compiled in fanouts:
-            self.fan_out(p, compiled, p.topics[compiled.rule.name], now)
-        if release:
+        caps = snapshot.view.caps
+        writes = Writes(now, dict(caps.taken), dict(caps.ttls), list(total.content), list(total.holds),
+                        list(total.digests), releases=release)
+        offsets = next_offsets(messages)
+        if fanouts:
+            # The pages read cap counts: they must see this batch's. Off the hot path anyway.
+            if writes:
+                try:
+                    self.state.flush(writes)
+                except RedisError as exc:
+                    raise RetryBatch("redis", backoff=0.5) from exc
+            for p, compiled in fanouts:
+                self.fan_out(p, compiled, p.topics[compiled.rule.name], now)
+        elif writes:
+            self._pending = _Pending(writes, offsets)
+            return self._take_ready()
+        return self._take_ready(offsets)
+
+    def _settle(self, pending: _Pending | None) -> None:
+        """After a round trip that carried ``pending``: once Redis ran its writes, its offsets are ready."""
+        if pending is not None and pending.writes.applied:
+            self._ready = _merge(self._ready, pending.offsets)
+            self._pending = None
+
+    def _take_ready(self, offsets: list[TopicPartition] | None = None) -> list[TopicPartition]:
+        out = _merge(self._ready, offsets or [])
+        self._ready = []
+        return out
+
+    def flush_pending(self) -> list[TopicPartition]:
+        """Send the pending writes alone (no batch to carry them); the offsets that may now be stored."""
+        pending = self._pending
+        if pending is not None:
             try:
-                self.state.release(release)
-            except RedisError:
-                log.warning("could not release %d dedup claim(s); a replay may be seen as duplicate",
-                            len(release))
-        return next_offsets(messages)
+                self.state.flush(pending.writes)
+            except RedisError as exc:
+                log.warning("pending state writes not sent (%s); they go with the next batch", exc)
+            self._settle(pending)
+        return self._take_ready()
+
+    def forget_pending(self, partitions: list[TopicPartition] | None = None) -> None:
+        """Partitions are gone (``None``: all of them): their offsets must not be stored by us.
+
+        With every partition gone the pending writes go too, unsent: the next owner routes those
+        records again and computes the same changes. After a revocation of some partitions whose
+        flush failed, the writes stay for the partitions we keep (a cap may then count the
+        revoked records' deliveries twice; holds, digests and content hashes are idempotent).
+        """
+        if partitions is None:
+            if self._pending is not None:
+                log.warning("dropping unsent state writes of a batch whose partitions were lost; "
+                            "the records are routed again by their next owner")
+            self._pending = None
+            self._ready = []
+            return
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._ready = [tp for tp in self._ready if (tp.topic, tp.partition) not in gone]
+        if self._pending is not None:
+            self._pending.offsets = [tp for tp in self._pending.offsets if (tp.topic, tp.partition) not in gone]
 
     def _dead_letter(self, msg: Message, exc: InputError) -> None:
         reason = exc.reason

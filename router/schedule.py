@@ -32,6 +32,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from router import keys
+from router.scripts import PipelineScripts
 from schemas import Delivery
 from schemas.cloudevents import parse_time
 from schemas.errors import InputError
@@ -183,18 +184,18 @@ class HeldStore:
         self._ack_item = redis.register_script(_ACK_ITEM)
         self._ack_digest = redis.register_script(_ACK_DIGEST)
 
-    def queue(self, pipe: Pipeline, holds: Iterable[Hold], digests: Iterable[DigestAdd], now: datetime) -> None:
-        """Add the writes to ``pipe`` (the batch's write round trip)."""
+    def queue(self, pipe: Pipeline, holds: Iterable[Hold], digests: Iterable[DigestAdd], now: datetime,
+              scripts: PipelineScripts | None = None) -> None:
+        """Add the writes to ``pipe`` (the front of the router's next round trip, or a flush)."""
+        run = scripts or PipelineScripts(pipe)
         for h in holds:
             member = h.delivery.delivery_id
-            self._hold(keys=[keys.held_due(h.kind), keys.held_item(member)],
-                       args=[member, ms(h.due), h.delivery.model_dump_json()], client=pipe)
+            run(self._hold, [keys.held_due(h.kind), keys.held_item(member)],
+                [member, ms(h.due), h.delivery.model_dump_json()])
         for d in digests:
-            self._digest_add(
-                keys=[keys.held_due("digest"), keys.digest_items(d.bucket), keys.held_lease(d.bucket)],
-                args=[d.bucket, ms(d.due), d.max_items, ms(now), d.delivery.delivery_id,
-                      d.delivery.model_dump_json()],
-                client=pipe)
+            run(self._digest_add,
+                [keys.held_due("digest"), keys.digest_items(d.bucket), keys.held_lease(d.bucket)],
+                [d.bucket, ms(d.due), d.max_items, ms(now), d.delivery.delivery_id, d.delivery.model_dump_json()])
 
     def hold(self, holds: Sequence[Hold], digests: Sequence[DigestAdd], now: datetime) -> None:
         pipe = self.redis.pipeline(transaction=False)

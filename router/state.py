@@ -1,4 +1,4 @@
-"""The router's Redis state, read and claimed in one round trip per consumed batch.
+"""The router's Redis state: one round trip per consumed batch, writes included.
 
 For each batch the consumer hands over the dedup claims it wants, the
 recipients it needs and the other keys the decision will read (:class:`Needs`:
@@ -8,10 +8,18 @@ EX ttl`` per event, ``GET`` per distinct recipient, ``HGETALL`` per
 preference hash, ``SET NX GET`` per rule dedup key and ``GET`` per content
 hash and counter, and returns a :class:`Snapshot` the pure decision reads.
 
-What the decision changes (cap counts, content hashes, held deliveries,
-digest items) is written by :meth:`RouterState.write` in one more pipeline,
-only when the batch changed any of it: a batch that only routes costs one
-round trip.
+What a batch's decisions change (cap counts, content hashes, held deliveries,
+digest items, releases of dead-lettered events' claims) is a :class:`Writes`.
+The consumer keeps it until its next batch: :meth:`RouterState.load` puts the
+pending writes at the front of that batch's pipeline, and Redis runs a
+pipeline in order, so the next batch reads counts that include them. With no
+next batch in sight the consumer sends them alone (:meth:`RouterState.flush`).
+So a batch costs one round trip whether or not it changes state.
+:meth:`RouterState.write` (fan-out pages) writes at once, in its own pipeline.
+
+Lua scripts in these pipelines go through :class:`router.scripts.PipelineScripts`
+(``SCRIPT LOAD`` queued in front of ``EVALSHA``), as redis-py's own script
+objects would add a ``SCRIPT EXISTS`` round trip.
 
 Claim ownership (DESIGN.md invariant 2): the claim's value is the Kafka
 coordinates of the record that claimed it. The same record processed again
@@ -22,6 +30,7 @@ other coordinates finds someone else's and is a duplicate.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,11 +38,14 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError
 
 from router import keys
 from router.caps import CapBook
 from router.recipients import Recipient
 from router.schedule import DigestAdd, HeldStore, Hold
+from router.scripts import PipelineScripts
 from router.templates import Rendered
 
 # Delete a claim only if we still own it (used when an event is dead-lettered,
@@ -46,6 +58,8 @@ return 0
 
 
 _PARSED_MAX = 50_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +119,30 @@ class Snapshot:
         return self.claims[(event_key, owner)]
 
 
+@dataclass
+class Writes:
+    """What one batch's decisions changed in Redis, not yet written."""
+
+    now: datetime
+    caps: dict[str, int] = field(default_factory=dict)
+    """Cap counter -> increment (INCRBY)."""
+    ttls: dict[str, int] = field(default_factory=dict)
+    """Cap counter -> expiry in seconds."""
+    content: list[tuple[str, str, int | None]] = field(default_factory=list)
+    """(content-hash key, hash, ttl seconds or None)."""
+    holds: list[Hold] = field(default_factory=list)
+    digests: list[DigestAdd] = field(default_factory=list)
+    releases: list[tuple[str, str]] = field(default_factory=list)
+    """Dedup claims ``(event key, owner)`` to drop where still owned (dead-lettered events)."""
+    extra: list[tuple[str, str]] = field(default_factory=list)
+    """Plain ``SET key value EX dedup-ttl`` pairs (fan-out checkpoints)."""
+    applied: bool = False
+    """Set once Redis has run them (or refused them): sending them again would count twice."""
+
+    def __bool__(self) -> bool:
+        return bool(self.caps or self.content or self.holds or self.digests or self.releases or self.extra)
+
+
 class RouterState:
     def __init__(self, redis: Redis, claim_ttl_seconds: int) -> None:
         self.redis = redis
@@ -117,10 +155,14 @@ class RouterState:
 
     def load(
         self, claims: Sequence[tuple[str, str]], recipients: Iterable[tuple[str, str]],
-        needs: Needs | None = None,
+        needs: Needs | None = None, writes: Writes | None = None,
     ) -> Snapshot:
         """Claim ``(event_key, owner)`` pairs, read recipients ``(tenant, user)`` and what ``needs``
-        lists: one round trip."""
+        lists: one round trip, with ``writes`` (an earlier batch's) sent first in it.
+
+        ``writes.applied`` is set as soon as Redis has answered the pipeline, even when a read
+        in it then fails (RedisError raised); after a connection error it stays unset.
+        """
         wanted = list(dict.fromkeys(recipients))
         needs = needs or Needs()
         prefs = sorted(needs.prefs)
@@ -128,6 +170,7 @@ class RouterState:
         content = sorted(needs.content)
         caps = sorted(needs.caps)
         pipe = self.redis.pipeline(transaction=False)
+        front = self._queue(pipe, writes) if writes else 0
         for event_key, owner in claims:
             # SET key owner NX GET EX ttl, without redis-py's per-call argument handling
             pipe.execute_command("SET", keys.claim(event_key), owner, "NX", "GET", "EX", self.claim_ttl,
@@ -140,7 +183,7 @@ class RouterState:
             pipe.set(key, owner, nx=True, get=True, ex=ttl)
         for key in (*content, *caps):
             pipe.get(key)
-        results = pipe.execute()
+        results = self._execute(pipe, front, writes)
         snap = Snapshot()
         rest = results[len(claims) + len(wanted):]
         view = snap.view
@@ -183,30 +226,64 @@ class RouterState:
         return snap
 
     def release(self, claims: Sequence[tuple[str, str]]) -> int:
-        """Drop claims we still own (for events that were dead-lettered)."""
+        """Drop claims we still own (for events that were dead-lettered), at once; how many went."""
         if not claims:
             return 0
         pipe = self.redis.pipeline(transaction=False)
+        scripts = PipelineScripts(pipe)
         for event_key, owner in claims:
-            self._release(keys=[keys.claim(event_key)], args=[owner], client=pipe)
-        return sum(int(n) for n in pipe.execute())
+            scripts(self._release, [keys.claim(event_key)], [owner])
+        return sum(int(n) for n in pipe.execute()[-len(claims):])
 
     def write(self, caps: CapBook, content: Sequence[tuple[str, str, int | None]], holds: Sequence[Hold],
               digests: Sequence[DigestAdd], now: datetime, extra: Sequence[tuple[str, str]] = ()) -> bool:
-        """Write what the batch's decisions changed, in one pipeline; False when there was nothing.
+        """Write what a fan-out page's decisions changed, at once, in one pipeline; False when there
+        was nothing.
 
         ``extra`` are plain ``SET key value EX dedup-ttl`` pairs (fan-out checkpoints).
         """
-        if not (caps.taken or content or holds or digests or extra):
+        return self.flush(Writes(now, dict(caps.taken), dict(caps.ttls), list(content), list(holds), list(digests),
+                                 extra=list(extra)))
+
+    def flush(self, writes: Writes) -> bool:
+        """Send ``writes`` alone, in one pipeline; False when there was nothing to send."""
+        if not writes:
             return False
         pipe = self.redis.pipeline(transaction=False)
-        for key, n in caps.taken.items():
-            pipe.incrby(key, n)
-            pipe.expire(key, caps.ttls[key])
-        for key, value, ttl in content:
-            pipe.set(key, value, ex=ttl)
-        for key, value in extra:
-            pipe.set(key, value, ex=self.claim_ttl)
-        self.held.queue(pipe, holds, digests, now)
-        pipe.execute()
+        self._execute(pipe, self._queue(pipe, writes), writes)
         return True
+
+    def _queue(self, pipe: Pipeline, writes: Writes) -> int:
+        """Queue ``writes`` on ``pipe``; returns how many commands that added."""
+        before = len(pipe)
+        for key, n in writes.caps.items():
+            pipe.incrby(key, n)
+            pipe.expire(key, writes.ttls[key])
+        for key, value, ttl in writes.content:
+            pipe.set(key, value, ex=ttl)
+        for key, value in writes.extra:
+            pipe.set(key, value, ex=self.claim_ttl)
+        scripts = PipelineScripts(pipe)
+        for event_key, owner in writes.releases:
+            scripts(self._release, [keys.claim(event_key)], [owner])
+        self.held.queue(pipe, writes.holds, writes.digests, writes.now, scripts)
+        return len(pipe) - before
+
+    def _execute(self, pipe: Pipeline, front: int, writes: Writes | None) -> list[Any]:
+        """Run ``pipe`` whose first ``front`` commands are ``writes``; the other results, or RedisError.
+
+        A connection error leaves open which commands ran: ``writes`` stay unapplied and are sent
+        again with the next try (an ``INCRBY`` that did run is then counted twice). Once Redis
+        answered, every command has run: the writes are applied, and one that Redis refused
+        (a wrong key type, say) would be refused again, so it is logged, not retried.
+        """
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        if writes is not None and front:
+            writes.applied = True
+            refused = [r for r in results[:front] if isinstance(r, Exception)]
+            if refused:
+                log.error("Redis refused %d of %d state write(s), not retried: %s", len(refused), front, refused[0])
+        for result in results[front:]:
+            if isinstance(result, RedisError):
+                raise result
+        return results[front:]
