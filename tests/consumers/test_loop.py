@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, Message, Producer, TopicPartition
 
 from consumers.kafka import coordinates, next_offsets
 from consumers.loop import ConsumerLoop, RetryBatch
@@ -162,3 +162,54 @@ def test_a_poll_hands_on_what_has_arrived_without_waiting_for_a_full_batch(
         producer.flush(30)
         thread.join(60)
     assert not thread.is_alive()
+
+
+class KeepBack(Recorder):
+    """Returns no offsets from ``handle``; hands them over in ``flush_pending`` (when allowed)."""
+
+    def __init__(self, settings: Settings, topic: str, flush_when_idle: bool) -> None:
+        super().__init__(settings, topic)
+        self.flush_when_idle = flush_when_idle
+        self.kept: list[TopicPartition] = []
+        self.flushes = 0
+
+    def handle(self, messages: list[Message]) -> list[TopicPartition]:
+        self.kept += super().handle(messages)
+        return []
+
+    def flush_pending(self) -> list[TopicPartition]:
+        if not self.flush_when_idle and not self.stop_event.is_set():
+            return []
+        self.flushes += 1
+        kept, self.kept = self.kept, []
+        return kept
+
+
+def test_offsets_kept_back_are_stored_after_an_empty_poll(topic_settings: tuple[Settings, str]) -> None:
+    settings, topic = topic_settings
+    produce(settings, topic, 10)
+    loop = KeepBack(settings, topic, flush_when_idle=True)
+    thread = run(loop)
+    try:
+        wait_for(lambda: len(loop.seen) == 20)
+        wait_for(lambda: committed(settings, topic, loop.group) == [10, 10])  # while it runs: auto-commit
+        assert loop.flushes >= 1
+    finally:
+        loop.request_stop()
+        thread.join(30)
+
+
+def test_offsets_kept_back_are_stored_at_shutdown(topic_settings: tuple[Settings, str]) -> None:
+    settings, topic = topic_settings
+    produce(settings, topic, 10)
+    loop = KeepBack(settings, topic, flush_when_idle=False)
+    thread = run(loop)
+    try:
+        wait_for(lambda: len(loop.seen) == 20)
+        time.sleep(1.5)  # past an auto-commit interval: nothing was stored to commit
+        assert committed(settings, topic, loop.group) == [OFFSET_INVALID, OFFSET_INVALID]
+    finally:
+        loop.request_stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert committed(settings, topic, loop.group) == [10, 10]

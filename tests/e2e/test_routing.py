@@ -6,15 +6,19 @@ the real time) and the tests move it forward to make held deliveries due.
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_INVALID, Consumer, Message, TopicPartition
 from redis import Connection, ConnectionPool, Redis
 
+from consumers.kafka import next_offsets
+from consumers.loop import RetryBatch
 from consumers.metrics import REGISTRY
 from consumers.router_consumer import RouterConsumer
 from router import keys
@@ -119,7 +123,8 @@ def test_quiet_hours_hold_until_the_window_ends_then_release_once(pipeline: Pipe
     held = [s for s in statuses(pipeline, expect=2) if s.state is State.held]
     assert [(s.recipient_id, s.reason) for s in held] == [("u-night", "quiet_hours")]
     assert [r["to"] for r in pipeline.smtp.received()] == [["u-day@example.com"]]
-    assert pipeline.redis.zcard(keys.held_due("quiet_hours")) == 1
+    # The hold is written with the router's next round trip: here the flush after an empty poll.
+    wait_until(lambda: pipeline.redis.zcard(keys.held_due("quiet_hours")) == 1, what="the hold written")
     wait_until(lambda: sample("tidings_held_deliveries", kind="quiet_hours") == 1, what="the held gauge")
     wait_until(lambda: sample("tidings_suppressions_total", channel="email", reason="quiet_hours") == suppressed + 1,
                what="the suppression counter")
@@ -268,7 +273,48 @@ def _consume(pipeline: Pipeline, expect: int) -> list[Message]:
         consumer.close()
 
 
-def test_a_batch_costs_one_redis_round_trip_and_one_more_only_when_it_changes_state(pipeline: Pipeline) -> None:
+def _router(pipeline: Pipeline, redis: Redis) -> RouterConsumer:
+    return RouterConsumer(pipeline.settings, pipeline.catalog, RuleSet.load(pipeline.settings.rules),
+                          Renderer(pipeline.settings.template_dir), redis, clock=Clock())
+
+
+def _close(*routers: RouterConsumer) -> None:
+    for router in routers:
+        router.producer.close(5)
+        router.consumer.close()
+
+
+def _publish_matches(pipeline: Pipeline, users: list[str], prefix: str) -> None:
+    for i, user in enumerate(users):
+        pipeline.pub().publish("jobs.match.found", match(user, match_id=f"{prefix}-{i}"), subject=user,
+                               source=SOURCE, id=f"{prefix}-{i}")
+    pipeline.pub().flush()
+
+
+def _batch(pipeline: Pipeline, prefix: str, total: int) -> list[Message]:
+    """The records whose event id starts with ``prefix`` among the ``total`` on the input topic."""
+    return [m for m in _consume(pipeline, total) if dict(m.headers() or [])["ce_id"].startswith(prefix.encode())]
+
+
+def _positions(offsets: list[TopicPartition]) -> set[tuple[str, int, int]]:
+    return {(tp.topic, tp.partition, tp.offset) for tp in offsets}
+
+
+def _cap_counts(pipeline: Pipeline, users: list[str]) -> dict[str, int]:
+    """The hourly email cap counter of each user that has one."""
+    out = {}
+    for user in users:
+        found = list(pipeline.redis.scan_iter(match=keys.cap("default", user, "email", "*", "h*")))
+        assert len(found) <= 1, found
+        if found:
+            out[user] = int(pipeline.redis.get(found[0]) or 0)
+    return out
+
+
+CAPPED = {"rules": [EMAIL_RULE], "caps": [{"channel": "email", "per_hour": 1}]}
+
+
+def test_a_batch_costs_one_redis_round_trip_even_when_it_changes_state(pipeline: Pipeline) -> None:
     users = [f"u-{i}" for i in range(20)]
     pipeline.recipients(*(person(u) for u in users))
     PreferenceStore(pipeline.redis).set("user", "default", "u-3", [Switch("email", "*", False)])
@@ -281,41 +327,164 @@ def test_a_batch_costs_one_redis_round_trip_and_one_more_only_when_it_changes_st
     batch = _consume(pipeline, 40)
     pool = ConnectionPool.from_url(pipeline.settings.redis_url, connection_class=CountingConnection)
     redis = Redis(connection_pool=pool)
-    router = RouterConsumer(pipeline.settings, pipeline.catalog, RuleSet.load(pipeline.settings.rules),
-                            Renderer(pipeline.settings.template_dir), redis, clock=Clock())
+    router = _router(pipeline, redis)
     try:
         redis.ping()  # open the connection first: its handshake (SELECT, CLIENT SETINFO) is not a batch's
         before_cmds = _commands(pipeline.redis)
         CountingConnection.sends = 0
-        router.handle(batch)
+        offsets = router.handle(batch)
         assert CountingConnection.sends == 1  # claims, recipients, preferences and dedup keys together
+        assert _positions(offsets) == _positions(next_offsets(batch))  # it changed nothing: stored at once
         commands = _commands(pipeline.redis) - before_cmds
         # 40 event claims + 40 dedup claims (SET), 20 recipients (GET), 20 users' + tenant + global prefs.
         assert commands >= 40 + 40 + 20 + 22
         suppressed = [s for s in statuses(pipeline, expect=40) if s.state is State.deduplicated]
         assert len(suppressed) == 20 and {s.reason for s in suppressed} == {"dedup_window"}
 
-        # With a frequency cap the counts are written back: one more round trip, not one per event.
-        add_rules(pipeline, caps=[{"channel": "email", "per_hour": 100}])
-        capped = RouterConsumer(pipeline.settings, pipeline.catalog, RuleSet.load(pipeline.settings.rules),
-                                Renderer(pipeline.settings.template_dir), redis, clock=Clock())
-        for i, user in enumerate(users):
-            pipeline.pub().publish("jobs.match.found", match(user, match_id=f"n-{i}"), subject=user,
-                                   source=SOURCE, id=f"c-{i}")
-        pipeline.pub().flush()
-        second = [m for m in _consume(pipeline, 60) if dict(m.headers() or [])["ce_id"].startswith(b"c-")]
+        # With a frequency cap of one an hour, the first capped batch's counts are not written
+        # at once: they wait for the next batch, and so do its offsets.
+        pipeline.settings.rules.write_text(yaml.safe_dump(CAPPED))
+        capped = _router(pipeline, redis)
+        _publish_matches(pipeline, users, "c")
+        second = _batch(pipeline, "c-", 60)
         assert len(second) == 20
         CountingConnection.sends = 0
         try:
-            capped.handle(second)
-            assert CountingConnection.sends == 2
+            assert capped.handle(second) == []  # Kafka has its output, Redis not yet its counts
+            assert CountingConnection.sends == 1
+            assert _cap_counts(pipeline, users) == {}
+            routed = [s for s in statuses(pipeline, expect=60) if s.event_id.startswith("c-")]
+            assert {s.state for s in routed if s.recipient_id != "u-3"} == {State.routed}
+
+            # The next batch (the same users again) carries those counts at the front of its one
+            # round trip and reads counters that already include them: all over the cap.
+            _publish_matches(pipeline, users, "d")
+            third = _batch(pipeline, "d-", 80)
+            assert len(third) == 20
+            CountingConnection.sends = 0
+            offsets = capped.handle(third)
+            assert CountingConnection.sends == 1
+            assert _cap_counts(pipeline, users) == {u: 1 for u in users if u != "u-3"}
+            capped_now = [s for s in statuses(pipeline, expect=80) if s.event_id.startswith("d-")]
+            assert {(s.state, s.reason) for s in capped_now if s.recipient_id != "u-3"} == {
+                (State.skipped, "frequency_cap")}
+            # Dropped over the cap, the third batch changed nothing: both batches' offsets are stored now.
+            assert _positions(offsets) == _positions(next_offsets(second + third))
         finally:
-            capped.producer.close(5)
-            capped.consumer.close()
+            _close(capped)
     finally:
-        router.producer.close(5)
-        router.consumer.close()
+        _close(router)
         redis.close()
+
+
+def test_pending_writes_go_out_alone_when_no_batch_follows(pipeline: Pipeline) -> None:
+    users = [f"u-{i}" for i in range(5)]
+    pipeline.recipients(*(person(u) for u in users))
+    pipeline.settings.rules.write_text(yaml.safe_dump(CAPPED))
+    _publish_matches(pipeline, users, "i")
+    batch = _consume(pipeline, 5)
+    router = _router(pipeline, Redis.from_url(pipeline.settings.redis_url))
+    try:
+        assert router.handle(batch) == []
+        assert _cap_counts(pipeline, users) == {}
+        assert _positions(router.flush_pending()) == _positions(next_offsets(batch))
+        assert _cap_counts(pipeline, users) == {u: 1 for u in users}
+        assert router.flush_pending() == []  # sent once: nothing left, nothing counted again
+        assert _cap_counts(pipeline, users) == {u: 1 for u in users}
+    finally:
+        _close(router)
+
+
+def _nowhere() -> Redis:
+    """A real client for a loopback port nobody listens on: every command fails to connect."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+
+
+def test_a_failed_round_trip_keeps_the_writes_pending_and_stores_nothing(pipeline: Pipeline) -> None:
+    users = [f"u-{i}" for i in range(5)]
+    pipeline.recipients(*(person(u) for u in users))
+    pipeline.settings.rules.write_text(yaml.safe_dump(CAPPED))
+    _publish_matches(pipeline, users, "f")
+    first = _batch(pipeline, "f-", 5)
+    _publish_matches(pipeline, users, "g")
+    second = _batch(pipeline, "g-", 10)
+    router = _router(pipeline, Redis.from_url(pipeline.settings.redis_url))
+    good = router.state.redis
+    try:
+        assert router.handle(first) == []
+        router.state.redis = _nowhere()  # Redis goes away before the next batch
+        with pytest.raises(RetryBatch):
+            router.handle(second)
+        assert router.flush_pending() == []  # an idle flush cannot send them either: nothing to store
+        assert _cap_counts(pipeline, users) == {}
+        router.state.redis = good  # back: the retried batch carries the first one's writes, once
+        assert _positions(router.handle(second)) == _positions(next_offsets(first + second))
+        assert _cap_counts(pipeline, users) == {u: 1 for u in users}
+        assert router.flush_pending() == []
+    finally:
+        _close(router)
+
+
+def _committed(pipeline: Pipeline, group: str) -> dict[int, int]:
+    topic = pipeline.settings.input_topic
+    probe = Consumer({"bootstrap.servers": pipeline.settings.kafka_bootstrap, "group.id": group})
+    try:
+        parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        return {tp.partition: tp.offset for tp in probe.committed([TopicPartition(topic, p) for p in parts],
+                                                                   timeout=10)}
+    finally:
+        probe.close()
+
+
+def _ends(pipeline: Pipeline) -> dict[int, int]:
+    """The end offset of each input partition that has records."""
+    topic = pipeline.settings.input_topic
+    probe = Consumer({"bootstrap.servers": pipeline.settings.kafka_bootstrap, "group.id": "probe-ends"})
+    try:
+        parts = probe.list_topics(topic, timeout=10).topics[topic].partitions
+        marks = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        return {p: end for p, end in marks.items() if end > 0}
+    finally:
+        probe.close()
+
+
+def test_a_router_gone_before_its_writes_went_out_is_replaced_and_counts_once(pipeline: Pipeline) -> None:
+    users = [f"u-{i}" for i in range(6)]
+    pipeline.recipients(*(person(u) for u in users))
+    pipeline.settings.rules.write_text(yaml.safe_dump(CAPPED))
+    _publish_matches(pipeline, users, "r")
+    ends = _ends(pipeline)
+    # The first router reads the batch in the router group, routes it (Kafka acknowledged its
+    # output) and is gone before a flush: no offsets stored, no counts written.
+    first = _router(pipeline, Redis.from_url(pipeline.settings.redis_url))
+    first.consumer.subscribe(first.topics)
+    got: list[Message] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(got) < len(users) and time.monotonic() < deadline:
+            got += [m for m in first.consumer.consume(len(users), 0.5) if m.error() is None]
+        assert len(got) == len(users)
+        assert first.handle(got) == []
+    finally:
+        _close(first)
+    assert _cap_counts(pipeline, users) == {}
+    assert set(_committed(pipeline, first.group).values()) == {OFFSET_INVALID}
+    before = [s for s in statuses(pipeline, expect=len(users)) if s.state is State.routed]
+    assert len(before) == len(users)
+
+    # Its successor in the same group routes the same records again with the same delivery ids,
+    # counts each once (the cap of one an hour lets every one through: nothing was counted
+    # before) and stores the offsets after its idle flush.
+    start_router(pipeline, Clock())
+    wait_until(lambda: _cap_counts(pipeline, users) == {u: 1 for u in users}, what="the counts")
+    wait_until(lambda: {p: o for p, o in _committed(pipeline, first.group).items() if p in ends} == ends,
+               what="the successor's offsets committed")
+    after = [s for s in statuses(pipeline, expect=2 * len(users)) if s.state is State.routed]
+    assert sorted(str(s.delivery_id) for s in after) == sorted(2 * [str(s.delivery_id) for s in before])
+    assert _cap_counts(pipeline, users) == {u: 1 for u in users}
 
 
 def _commands(redis: Redis) -> int:
