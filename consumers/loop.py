@@ -401,10 +401,10 @@ class ConsumerLoop(ABC):
         log.warning("%s: partitions lost %.0fs ago and the group not rejoined; starting a new consumer",
                     self.group, self.health.clock() - lost)
         old = self.consumer
+        self.forget_pending()  # before the old client's close can call back into the handler
         closer = threading.Thread(target=_close_quietly, args=(old,), daemon=True)
         closer.start()
         closer.join(10.0)  # a close that hangs on an unreachable coordinator is left behind
-        self.forget_pending()
         self._held.clear()
         self._hold_all_until = 0.0
         self.consumer = Consumer(self._consumer_config)
