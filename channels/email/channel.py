@@ -1,4 +1,4 @@
-"""The email channel: composes the MIME message and sends it over a pooled SMTP session."""
+"""The email channel: composes the message's bytes and sends them over a pooled SMTP session."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ import re
 import socket
 import time
 from collections.abc import Sequence
-from email.message import EmailMessage
 from typing import ClassVar
 
 import aiosmtplib
 import httpx
-from aiosmtplib.email import flatten_message
 from aiosmtplib.protocol import SMTPProtocol
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_email
 from channels.email.address import validate_address
 from channels.email.attachments import Attachment, load_attachments
 from channels.email.config import EmailConfig
+from channels.email.mime import Composer
 from channels.netguard import NetworkGuard
 from schemas import Delivery
 from schemas.errors import DeliveryError, InvalidAddressError, PermanentError, RateLimitedError, TransientError
@@ -37,6 +36,7 @@ class EmailChannel(Channel):
     def __init__(self, config: EmailConfig) -> None:
         self.config = config
         self._sender = email.utils.parseaddr(config.from_address)[1]
+        self._composer = Composer(config.from_address, config.message_id_domain)
         self._slots = asyncio.Semaphore(config.pool_size)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._sessions: list[SMTPProtocol] = []  # every session opened and not yet seen closed
@@ -49,28 +49,18 @@ class EmailChannel(Channel):
         # One transaction per pooled connection at a time: more would only queue for a slot.
         return self.config.pool_size
 
-    def compose(self, delivery: Delivery, recipient: str, attachments: Sequence[Attachment] = ()) -> EmailMessage:
-        """The MIME message for one delivery: text, an HTML alternative when given, then the attachments."""
-        message = EmailMessage()
-        message["Subject"] = " ".join(delivery.subject.split())
-        message["From"] = self.config.from_address
-        message["To"] = recipient
-        message["Date"] = email.utils.formatdate(usegmt=True)
-        message["Message-ID"] = self.message_id(delivery)
-        message["X-Tidings-Delivery-Id"] = delivery.delivery_id
-        message["Auto-Submitted"] = "auto-generated"
-        message.set_content(delivery.text)
-        if delivery.html is not None:
-            message.add_alternative(delivery.html, subtype="html")
-        for attachment in attachments:
-            message.add_attachment(
-                attachment.data, maintype=attachment.maintype, subtype=attachment.subtype, filename=attachment.filename
-            )
-        message["Content-Language"] = delivery.locale  # after set_content, which clears Content-*
-        return message
+    def compose(self, delivery: Delivery, recipient: str, attachments: Sequence[Attachment] = ()) -> bytes:
+        """The message for one delivery, as sent: text, an HTML alternative when given, then the attachments.
+
+        See :mod:`channels.email.mime`; raises :class:`PermanentError` for a delivery whose id or
+        locale cannot go into a header."""
+        return self._composer.compose(
+            recipient=recipient, subject=delivery.subject, text=delivery.text, html=delivery.html,
+            delivery_id=delivery.delivery_id, locale=delivery.locale, attachments=attachments,
+        )
 
     def message_id(self, delivery: Delivery) -> str:
-        return f"<{delivery.delivery_id}@{self.config.message_id_domain}>"
+        return self._composer.message_id(delivery.delivery_id)
 
     async def send(self, delivery: Delivery) -> Sent:
         if self._closed:
@@ -100,7 +90,7 @@ class EmailChannel(Channel):
             finally:
                 if client is not None:
                     self._give_back(client)
-        return Sent(provider_id=self.message_id(delivery))
+        return Sent(provider_id=self._composer.message_id(delivery.delivery_id))
 
     async def _attachments(self, delivery: Delivery) -> list[Attachment]:
         config = self.config
@@ -195,15 +185,15 @@ class EmailChannel(Channel):
             self._sessions.append(client.protocol)
         return client
 
-    async def _transmit(self, client: aiosmtplib.SMTP, recipient: str, message: EmailMessage, *, reused: bool) -> None:
+    async def _transmit(self, client: aiosmtplib.SMTP, recipient: str, data: bytes, *, reused: bool) -> None:
         """One MAIL/RCPT/DATA transaction. On a refusal the session is reset and stays
         usable; on anything else (lost connection, timeout, cancellation) it is closed.
-        A reused session that is already gone at MAIL raises :class:`_StaleSession`."""
-        eight_bit = client.supports_extension("8bitmime")
-        data = flatten_message(message, cte_type="8bit" if eight_bit else "7bit")
-        options = ["BODY=8BITMIME"] if eight_bit else []
-        if client.supports_extension("size"):
-            options.insert(0, f"SIZE={len(data)}")
+        A reused session that is already gone at MAIL raises :class:`_StaleSession`.
+
+        The message is 7-bit ASCII (see :mod:`channels.email.mime`): no BODY=8BITMIME needed.
+        The three commands are sent one by one rather than through ``sendmail()``, which
+        runs the same three but would hide where a stale session or a refused recipient showed."""
+        options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
         try:
             try:
                 await client.mail(self._sender, options=options)

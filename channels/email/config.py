@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import email.utils
+import re
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
 from channels.base import ChannelConfig
 from channels.netguard import parse_networks
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DOMAIN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
 class EmailConfig(ChannelConfig):
@@ -51,9 +55,20 @@ class EmailConfig(ChannelConfig):
     @field_validator("from_address")
     @classmethod
     def _from_has_mailbox(cls, value: str) -> str:
+        if _CONTROL.search(value):
+            raise ValueError("from_address contains a line break or another control character")
         _, addr = email.utils.parseaddr(value)
         if "@" not in addr:
             raise ValueError(f"from_address {value!r} has no mailbox (expected 'Name <user@domain>')")
+        if not addr.isascii() or " " in addr:
+            raise ValueError(f"from_address {value!r}: the mailbox must be ASCII, without spaces")
+        return value
+
+    @field_validator("message_id_domain")
+    @classmethod
+    def _domain_is_a_token(cls, value: str) -> str:
+        if not _DOMAIN.fullmatch(value):
+            raise ValueError(f"message_id_domain {value!r} must be a domain name (letters, digits, dots, hyphens)")
         return value
 
     @field_validator("pool_size")
