@@ -21,7 +21,9 @@ server
 =============================================  ==========================================
 
 Filenames lose any directory part and control characters; a content type that
-is not ``type/subtype`` becomes ``application/octet-stream``.
+is not ``type/subtype``, or is ``multipart/*`` or ``message/*`` (types MIME
+does not allow in base64, which every attachment is sent in), becomes
+``application/octet-stream``.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ def safe_filename(name: str) -> str:
 
 def _content_type(value: Any) -> str:
     text = str(value or "").strip().lower()
-    return text if _CONTENT_TYPE.match(text) else "application/octet-stream"
+    if not _CONTENT_TYPE.match(text) or text.startswith(("multipart/", "message/")):
+        return "application/octet-stream"
+    return text
 
 
 def _specs(delivery: Delivery, max_attachments: int) -> list[dict[str, Any]]:

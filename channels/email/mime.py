@@ -151,8 +151,8 @@ def encode_phrase(name: str) -> list[str]:
 
 
 def _filename_param(filename: str) -> list[str]:
-    """``filename=...`` as one or more parameters (RFC 2231 continuations when not ASCII)."""
-    if _PRINTABLE.fullmatch(filename) and len(filename) < 900:
+    """``filename=...`` as one or more parameters (RFC 2231, continued over lines, when not short ASCII)."""
+    if _PRINTABLE.fullmatch(filename) and len(filename) <= 60:
         escaped = filename.replace("\\", "\\\\").replace('"', '\\"')
         return [f'filename="{escaped}"']
     sections: list[str] = []

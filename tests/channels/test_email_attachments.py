@@ -135,6 +135,18 @@ def test_filenames_and_content_types_are_made_safe(smtp_sink: SmtpSink, make_del
     assert safe_filename("...") == "attachment"
 
 
+def test_container_types_are_sent_as_octet_streams(smtp_sink: SmtpSink, make_delivery: Any) -> None:
+    # multipart/* and message/* may not be base64-encoded (RFC 2045 6.4, RFC 2046 5.2.1).
+    data = base64.b64encode(b"From: a@b.example\r\n\r\nhi\r\n").decode()
+    delivery = with_files(
+        make_delivery,
+        {"filename": "fwd.eml", "content_type": "message/rfc822", "content": data},
+        {"filename": "parts.bin", "content_type": "multipart/mixed", "content": data},
+    )
+    run(config(smtp_sink), delivery)
+    assert [a["content_type"] for a in parts(smtp_sink)] == ["application/octet-stream"] * 2
+
+
 def test_without_attachments_the_message_is_unchanged(smtp_sink: SmtpSink, make_delivery: Any) -> None:
     run(config(smtp_sink), make_delivery())
     assert smtp_sink.received()[0]["content_type"] == "multipart/alternative"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
 import time
 from typing import Any
 
@@ -80,6 +83,45 @@ def test_non_ascii_subject_and_body_survive(smtp_sink: SmtpSink, make_delivery: 
     [record] = smtp_sink.wait_for(1)
     assert record["subject"] == "Grüße aus Köln ✓"
     assert record["text"].strip() == "Ça marche — 東京"
+
+
+def test_every_kind_of_text_arrives_intact(smtp_sink: SmtpSink, make_delivery: Any) -> None:
+    # Through aiosmtplib's dot-stuffing and aiosmtpd's un-stuffing, with an attachment.
+    text = ".\n.. two dots\nFrom the start\nGrüße aus Köln\n" + "long " * 300 + "\n.\n"
+    html = "<p>東京の会議室の予約が確定しました 🎉</p>\n.\n"
+    data = b"line one\r\n.\r\nline three"
+    files = json.dumps([{"filename": "Übersicht 📎.txt", "content_type": "text/plain",
+                         "content": base64.b64encode(data).decode()}])
+    delivery = make_delivery(subject="Termin bestätigt ✓ 東京 🎉", text=text, html=html,
+                             metadata={"attachments": files})
+
+    send_one(config(smtp_sink.port, from_address="Büro Köln <notify@tidings.example>"), delivery)
+
+    [record] = smtp_sink.wait_for(1)
+    assert record["subject"] == "Termin bestätigt ✓ 東京 🎉"
+    assert record["headers"]["from"] == "Büro Köln <notify@tidings.example>"
+    assert record["content_type"] == "multipart/mixed"
+    assert record["text"].replace("\r\n", "\n") == text
+    assert record["html"].replace("\r\n", "\n") == html
+    assert record["attachments"] == [{"filename": "Übersicht 📎.txt", "content_type": "text/plain", "size": len(data)}]
+
+
+def test_nothing_of_the_address_or_password_is_logged(
+    smtp_auth_sink: SmtpSink, make_delivery: Any, smtp_password: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    good = config(smtp_auth_sink.port, username="tidings", password=smtp_password)
+    bad = config(smtp_auth_sink.port, username="tidings", password="hunter2-wrong-password")
+
+    send_one(good, make_delivery(address="secret.person@example.com"))
+    send_one(bad, make_delivery(address="secret.person@example.com"))
+    send_one(good, make_delivery(address="secret.person@example.com", delivery_id="bad\r\nid"))
+
+    assert len(smtp_auth_sink.wait_for(1)) == 1
+    ours = [r for r in caplog.records if not r.name.startswith("mail.log")]  # aiosmtpd is the server
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in ours)
+    for secret in ("secret.person", smtp_password, "hunter2"):
+        assert secret not in text
 
 
 def test_newlines_in_subject_cannot_inject_headers(smtp_sink: SmtpSink, make_delivery: Any) -> None:
