@@ -36,6 +36,7 @@ class EmailChannel(Channel):
     def __init__(self, config: EmailConfig) -> None:
         self.config = config
         self._sender = email.utils.parseaddr(config.from_address)[1]
+        self._sender_arg = f"<{self._sender}>".encode("ascii")
         self._composer = Composer(config.from_address, config.message_id_domain)
         self._slots = asyncio.Semaphore(config.pool_size)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
@@ -191,12 +192,18 @@ class EmailChannel(Channel):
         A reused session that is already gone at MAIL raises :class:`_StaleSession`.
 
         The message is 7-bit ASCII (see :mod:`channels.email.mime`): no BODY=8BITMIME needed.
-        The three commands are sent one by one rather than through ``sendmail()``, which
-        runs the same three but would hide where a stale session or a refused recipient showed."""
-        options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+        The commands go out one by one rather than through ``sendmail()``, which runs the
+        same three but would hide where a stale session or a refused recipient showed. MAIL
+        and RCPT are written here rather than with ``mail()`` and ``rcpt()``: both addresses
+        are checked already (the sender with the settings, the recipient by
+        :func:`validate_address`), and aiosmtplib's own parse of them cost a tenth of the
+        channel's time."""
+        size = b" SIZE=%d" % len(data) if client.supports_extension("size") else b""
         try:
             try:
-                await client.mail(self._sender, options=options)
+                reply = await client.execute_command(b"MAIL FROM:" + self._sender_arg + size)
+                if reply.code != 250:
+                    raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, self._sender)
             except ConnectionError as exc:  # SMTPServerDisconnected is one
                 if reused:
                     raise _StaleSession from exc
@@ -205,7 +212,9 @@ class EmailChannel(Channel):
                 if reused and exc.code == 421:  # "closing idle connection"
                     raise _StaleSession from exc
                 raise
-            await client.rcpt(recipient)
+            reply = await client.execute_command(b"RCPT TO:<" + recipient.encode("ascii") + b">")
+            if reply.code not in (250, 251):
+                raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
             await client.data(data)
         except aiosmtplib.SMTPResponseException:
             if client.is_connected:

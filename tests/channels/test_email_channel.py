@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import time
+from email.headerregistry import Address
 from typing import Any
 
 import pytest
@@ -264,6 +265,17 @@ def test_invalid_address_is_refused_before_connecting(closed_port: int, make_del
 def test_validate_address_returns_the_envelope_form() -> None:
     assert validate_address("Alice.Smith+tag@Example.COM") == "Alice.Smith+tag@example.com"
     assert validate_address("o'brien@mail.example.org") == "o'brien@mail.example.org"
+    assert validate_address("kunde@Bücher.example") == "kunde@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["a@example.com", "first.last@example.com", "x!#$%&'*+/=?^_`{|}~-y@example.com", "a.b.c.d@sub.example.co.uk",
+     '"quoted.local"@example.com', "UPPER@EXAMPLE.ORG"],
+)
+def test_dot_atom_shortcut_agrees_with_the_parser(address: str) -> None:
+    local, _, domain = address.rpartition("@")
+    assert validate_address(address) == Address(addr_spec=f"{local}@{domain.lower()}").addr_spec
 
 
 def test_550_at_rcpt_is_an_invalid_address(smtp_sink: SmtpSink, make_delivery: Any) -> None:
