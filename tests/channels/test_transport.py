@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from channels.transport import KeepAliveTransport
+from channels.transport import KeepAliveTransport, body_framing, encode_request, parse_head
 from tests.channels.conftest import Certificate
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
@@ -174,11 +174,61 @@ async def test_chunked_answers_are_read_whole() -> None:
 
 @in_loop
 async def test_an_answer_left_unread_closes_its_connection() -> None:
-    async with http_server() as server, client() as http:
+    async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        return True
+
+    async with http_server(chunked) as server, client() as http:
         async with http.stream("POST", server.url(), content=b"{}") as answer:
             assert answer.status_code == 200  # the body is never read
-        assert (await http.post(server.url(), content=b"{}")).status_code == 200
+        assert (await http.post(server.url(), content=b"{}")).text == "ok"
     assert server.connections == 2
+
+
+@in_loop
+async def test_a_small_sized_answer_is_read_with_its_head_and_the_connection_kept() -> None:
+    async with http_server() as server, client() as http:
+        async with http.stream("POST", server.url(), content=b"{}") as answer:
+            assert answer.status_code == 200  # the body is never asked for, but it came with the head
+        assert (await http.post(server.url(), content=b"{}")).status_code == 200
+    assert server.connections == 1
+
+
+@in_loop
+async def test_a_large_answer_is_streamed_whole() -> None:
+    big = bytes(range(256)) * 600  # 150 KiB, more than one read
+
+    async def large(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+        return True
+
+    async with http_server(large) as server, client() as http:
+        first = await http.post(server.url(), content=b"{}")
+        second = await http.post(server.url(), content=b"{}")
+    assert first.content == second.content == big
+    assert server.connections == 1
+
+
+@in_loop
+async def test_answers_that_end_with_the_connection_are_read_and_not_reused() -> None:
+    async def until_close(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+        return False
+
+    async with http_server(until_close) as server, client() as http:
+        for _ in range(2):
+            assert (await http.post(server.url(), content=b"{}")).text == "all of it"
+    assert server.connections == 2
+
+
+@in_loop
+async def test_interim_answers_are_skipped() -> None:
+    async def early_hints(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + OK)
+        return True
+
+    async with http_server(early_hints) as server, client() as http:
+        assert (await http.post(server.url(), content=b"{}")).json() == {"ok": True}
 
 
 # -- failures map to httpx's exceptions -----------------------------------------------------------
@@ -229,6 +279,48 @@ async def test_garbage_is_a_protocol_error() -> None:
     async with http_server(garbage) as server, client() as http:
         with pytest.raises(httpx.RemoteProtocolError, match="malformed answer"):
             await http.post(server.url(), content=b"{}")
+
+
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\ncontent-length: two\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nx-folded: a\r\n b\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/2 200\r\ncontent-length: 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+], ids=["conflicting-length", "bad-length", "folded-header", "http2-line", "bad-chunk", "unasked-upgrade"])
+@in_loop
+async def test_malformed_framing_is_a_protocol_error(head: bytes) -> None:
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(head)
+        return False
+
+    async with http_server(answer) as server, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.post(server.url(), content=b"{}")
+
+
+@in_loop
+async def test_a_header_block_without_end_is_refused_not_buffered_forever() -> None:
+    async def endless(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"a" * 100_000 + b"\r\n")
+        await asyncio.sleep(1)
+        return False
+
+    async with http_server(endless) as server, client() as http:
+        with pytest.raises(httpx.RemoteProtocolError, match="too long"):
+            await http.post(server.url(), content=b"{}")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("x-note", "line one\r\nx-injected: yes"), ("x-note", "nul\x00byte"), ("bad name", "v"), ("x:y", "v"),
+])
+@in_loop
+async def test_header_injection_is_refused_before_anything_is_sent(name: str, value: str) -> None:
+    async with http_server() as server, client() as http:
+        with pytest.raises(httpx.LocalProtocolError):
+            await http.post(server.url(), content=b"{}", headers={name: value})
+    assert server.requests == []
 
 
 @in_loop
@@ -290,3 +382,41 @@ async def test_tls_with_an_untrusted_certificate_is_a_connect_error(certificate:
         with pytest.raises(httpx.ConnectError, match="TLS handshake failed"):
             await http.post(server.url(scheme="https", host="localhost"), content=b"{}")
     assert server.requests == []
+
+
+# -- the codec, with plain values ----------------------------------------------------------------
+
+
+def test_encode_request_writes_exactly_the_request_line_headers_and_body() -> None:
+    data = encode_request(b"POST", b"/hook?a=1", [(b"host", b"example.com"), (b"content-length", b"2")], b"{}")
+    assert data == b"POST /hook?a=1 HTTP/1.1\r\nhost: example.com\r\ncontent-length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize(("method", "target", "headers"), [
+    (b"POST", b"/x", [(b"x-a", b"one\r\nx-b: two")]),
+    (b"POST", b"/x", [(b"x-a", b"one\ntwo")]),
+    (b"POST", b"/x", [(b"x a", b"v")]),
+    (b"POST", b"/x y", []),
+    (b"PO ST", b"/x", []),
+    (b"POST", b"", []),
+])
+def test_encode_request_refuses_what_could_split_or_smuggle_a_request(method: bytes, target: bytes,
+                                                                     headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(httpx.LocalProtocolError) as caught:
+        encode_request(method, target, headers, b"")
+    assert b"one" not in str(caught.value).encode()  # a refused value is never echoed
+
+
+def test_parse_head_and_framing() -> None:
+    head = parse_head(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After:  7 \r\nContent-Length: 0")
+    assert (head.minor, head.status, head.reason) == (1, 429, b"Too Many Requests")
+    assert head.headers == [(b"Retry-After", b"7"), (b"Content-Length", b"0")]
+    assert body_framing(head, b"POST") == (0, True)
+    assert body_framing(parse_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\ncontent-length: 5"),
+                        b"POST") == (5, False)
+    chunked = body_framing(parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked"), b"POST")
+    assert chunked[0] < 0 and chunked[1]
+    assert body_framing(parse_head(b"HTTP/1.1 200 OK"), b"POST")[1] is False  # ends with the connection
+    assert body_framing(parse_head(b"HTTP/1.0 200 OK\r\ncontent-length: 2"), b"POST") == (2, False)
+    assert body_framing(parse_head(b"HTTP/1.1 204 No Content"), b"POST") == (0, True)
+    assert body_framing(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 9"), b"HEAD") == (0, True)
