@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     smtp_security: Literal["none", "starttls", "tls"] = "none"
     smtp_from: str = "Tidings <notifications@localhost>"
     smtp_timeout: float = 10.0
-    smtp_pool_size: int = Field(default=4, ge=1)
+    smtp_pool_size: int = Field(default=8, ge=1)
     smtp_validate_certs: bool = True
     smtp_local_hostname: str | None = None
     """EHLO name; default: this machine's name, looked up once."""

@@ -34,8 +34,9 @@ class EmailConfig(ChannelConfig):
     """Name sent in EHLO; default: this machine's fully qualified name."""
     timeout: float = 10.0
     """Seconds allowed for each SMTP command, and for connecting."""
-    pool_size: int = 4
-    """At most this many SMTP sessions open at once; more sends wait for one."""
+    pool_size: int = 8
+    """At most this many SMTP sessions open at once; more sends wait for one. Relays often
+    limit the connections one client may hold open: lower it to theirs."""
     max_idle: float = 60.0
     """A session idle for longer is closed instead of reused."""
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)

@@ -458,4 +458,4 @@ def test_send_after_aclose_is_a_bug(make_delivery: Any, closed_port: int) -> Non
 
 def test_in_flight_limit_follows_the_pool_size() -> None:
     assert EmailChannel(EmailConfig(pool_size=7)).max_in_flight() == 7
-    assert EmailChannel(EmailConfig()).max_in_flight() == 4
+    assert EmailChannel(EmailConfig()).max_in_flight() == 8
