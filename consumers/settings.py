@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # Consumer runtime
     batch_size: int = Field(default=500, ge=1, le=100_000)
     poll_timeout: float = Field(default=0.5, gt=0)
+    batch_linger: float = Field(default=0.0, ge=0, le=1.0)
+    """Seconds a batch waits for more records once the first has arrived (unless it is full):
+    fewer, larger batches cost less CPU per record, at the price of this much latency per hop."""
     max_in_flight: int = Field(default=64, ge=1)
     retry_tiers: str = "10s,1m,10m,1h"
     """Delays of the retry topics ``<prefix>deliver.<channel>.retry.<delay>``, comma-separated."""

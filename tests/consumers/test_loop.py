@@ -164,6 +164,40 @@ def test_a_poll_hands_on_what_has_arrived_without_waiting_for_a_full_batch(
     assert not thread.is_alive()
 
 
+class Batches(Recorder):
+    def __init__(self, settings: Settings, topic: str) -> None:
+        super().__init__(settings, topic)
+        self.sizes: list[int] = []
+
+    def handle(self, messages: list[Message]) -> list[TopicPartition]:
+        self.sizes.append(len(messages))
+        return super().handle(messages)
+
+
+def test_a_batch_linger_gathers_what_arrives_soon_after_the_first_record(
+        topic_settings: tuple[Settings, str]) -> None:
+    settings, topic = topic_settings
+    settings = settings.model_copy(update={"poll_timeout": 3600.0, "batch_size": 500, "batch_linger": 3.0})
+    loop = Batches(settings, topic)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    thread = run(loop)
+    try:
+        wait_for(lambda: loop.health.ready(), timeout=60)
+        producer.produce(topic, value=b"first", partition=0)
+        assert producer.flush(30) == 0
+        time.sleep(0.3)  # well inside the linger
+        producer.produce(topic, value=b"second", partition=1)
+        assert producer.flush(30) == 0
+        wait_for(lambda: len(loop.seen) == 2, timeout=60)
+        assert loop.sizes == [2]  # one batch, handed on after the linger, not the hour-long poll timeout
+    finally:
+        loop.request_stop()
+        producer.produce(topic, value=b"wake", partition=1)
+        producer.flush(30)
+        thread.join(60)
+    assert not thread.is_alive()
+
+
 class KeepBack(Recorder):
     """Returns no offsets from ``handle``; hands them over in ``flush_pending`` (when allowed)."""
 
