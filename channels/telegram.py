@@ -28,8 +28,12 @@ other ``4xx``                               :class:`PermanentError`
 ``2xx`` that is not ``{"ok": true}``        :class:`TransientError`
 ==========================================  ======================================
 
-Limits (Telegram's FAQ for bots): about 30 messages a second per bot, and no
-more than about one a second in a single chat.
+Limits (Telegram's FAQ for bots): about 30 messages a second per bot, no
+more than about one a second in a single chat, and no more than 20 a minute
+to one group. Negative chat ids (groups, supergroups, channels) and
+``@names`` (public channels and supergroups) get that third bucket, one
+message every three seconds without bursts, so a minute never holds more
+than 20; a private chat (a positive id) only the first two.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import json
 import re
 from typing import Any, ClassVar
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from channels.base import ChannelConfig, Limits, Sent, mask_secret
 from channels.http import HttpChannel, ProviderConfig, action, excerpt, seconds, status_error, truncate
@@ -47,7 +51,7 @@ from channels.ratelimit import Rate
 from schemas import Delivery
 from schemas.errors import InvalidAddressError, PermanentError, TransientError
 
-__all__ = ["TelegramChannel", "TelegramConfig", "chat_id", "telegram_body"]
+__all__ = ["TelegramChannel", "TelegramConfig", "chat_id", "is_group", "telegram_body"]
 
 _CHAT_ID = re.compile(r"^-?\d{1,20}$")
 _USERNAME = re.compile(r"^@[A-Za-z][A-Za-z0-9_]{3,31}$")
@@ -63,6 +67,8 @@ class TelegramConfig(ProviderConfig):
     """``<bot id>:<secret>`` from @BotFather."""
     chat_per_second: float = 1.0
     """Messages a second to one chat (bursts of one)."""
+    group_per_minute: float = Field(default=20.0, gt=0)
+    """Messages a minute to one group, supergroup or channel (bursts of one)."""
 
     @field_validator("bot_token")
     @classmethod
@@ -82,6 +88,12 @@ def chat_id(address: str) -> int | str:
     raise InvalidAddressError(
         f"telegram address {mask_secret(address, keep=2)!r} is neither a numeric chat id nor an @channel name"
     )
+
+
+def is_group(chat: int | str) -> bool:
+    """Groups, supergroups and channels have negative ids; ``@names`` are public channels or
+    supergroups. Private chats with users have positive ids."""
+    return isinstance(chat, str) or chat < 0
 
 
 def telegram_body(delivery: Delivery, chat: int | str) -> dict[str, Any]:
@@ -120,6 +132,16 @@ class TelegramChannel(HttpChannel):
         super().__init__(config)
         self._url = f"{self.base_url}/bot{config.bot_token.get_secret_value()}/sendMessage"
         self._chat_rate = Rate(config.chat_per_second, 1.0)
+        self._group_rate = Rate(config.group_per_minute / 60.0, 1.0)
+
+    def buckets(self, chat: int | str) -> dict[str, Rate]:
+        """The token buckets one send to ``chat`` takes from: the bot's, the chat's and, for a
+        group or channel, the group's."""
+        chat_key = f"telegram:chat:{chat}"
+        limits = {"telegram:bot": self.rate, chat_key: self._chat_rate}
+        if is_group(chat):
+            limits[f"telegram:group:{chat}"] = self._group_rate
+        return limits
 
     async def send(self, delivery: Delivery) -> Sent:
         chat = chat_id(delivery.address)
@@ -128,7 +150,7 @@ class TelegramChannel(HttpChannel):
         answer = await self.post(
             self._url,
             where,
-            {"telegram:bot": self.rate, chat_key: self._chat_rate},
+            self.buckets(chat),
             content=json.dumps(telegram_body(delivery, chat), ensure_ascii=False).encode(),
             headers={"content-type": "application/json"},
             delivery_id=delivery.delivery_id,

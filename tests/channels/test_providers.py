@@ -12,10 +12,11 @@ import pytest
 
 from channels.base import Channel, Sent
 from channels.discord import DiscordChannel, DiscordConfig
+from channels.ratelimit import EndpointLimiter
 from channels.slack import SlackChannel, SlackConfig
 from channels.sms import SmsChannel, SmsConfig, e164, mask_phone, measure
 from channels.teams import MAX_BYTES, TeamsChannel, TeamsConfig, encoded_body
-from channels.telegram import TelegramChannel, TelegramConfig, chat_id
+from channels.telegram import TelegramChannel, TelegramConfig, chat_id, is_group
 from devstack.providers import TELEGRAM_TOKEN, TWILIO_ACCOUNT, TWILIO_TOKEN, ProviderSink
 from schemas import Delivery, Priority
 from schemas.errors import ConfigError, DeliveryError, InvalidAddressError, RateLimitedError, TransientError
@@ -161,6 +162,35 @@ def test_telegram_429_uses_parameters_retry_after(sink: ProviderSink, make_deliv
     [error] = run(TelegramChannel(TelegramConfig(bot_token=TELEGRAM_TOKEN, **common(sink))),
                   make_delivery(channel="telegram", address="@chat_ratelimit"))
     assert isinstance(error, RateLimitedError) and error.retry_after == 2.0
+
+
+def test_telegram_sends_at_most_20_a_minute_to_one_group_and_more_to_a_private_chat() -> None:
+    channel = TelegramChannel(TelegramConfig(bot_token=TELEGRAM_TOKEN))
+    assert is_group(-1001234567890) and is_group("@acme_news") and not is_group(123456789)
+    now = [0.0]
+    limiter = EndpointLimiter(max_wait=3600.0, clock=lambda: now[0])
+
+    def sent_in_a_minute(chat: int | str) -> int:
+        start, count = now[0], 0
+        while True:
+            wait = limiter.delay(channel.buckets(chat))
+            if now[0] + wait >= start + 60.0:
+                return count
+            now[0] += wait
+            count += 1
+
+    assert sent_in_a_minute(-1001234567890) == 20
+    assert sent_in_a_minute("@acme_news") == 20
+    assert sent_in_a_minute(123456789) == 60  # one a second: the per-chat bucket only
+
+
+def test_a_telegram_group_over_its_rate_is_rate_limited_without_calling(sink: ProviderSink,
+                                                                        make_delivery: Any) -> None:
+    config = TelegramConfig(bot_token=TELEGRAM_TOKEN, max_queue_wait=1.0, **common(sink))
+    results = run(TelegramChannel(config), *(make_delivery(channel="telegram", address="-1009") for _ in range(2)))
+    assert isinstance(results[0], Sent)
+    assert isinstance(results[1], RateLimitedError) and results[1].retry_after == pytest.approx(3.0, abs=0.5)
+    assert len(sink.received()) == 1
 
 
 @pytest.mark.parametrize("address", ["", "@ab", "chat", "+4477", "12 34"])
