@@ -18,17 +18,14 @@ from redis.commands.core import Script
 
 
 class PipelineScripts:
-    """Queue scripts on one pipeline; :attr:`queued` counts the commands added."""
+    """Queue scripts on one pipeline."""
 
     def __init__(self, pipe: Pipeline) -> None:
         self.pipe = pipe
         self._loaded: set[str] = set()
-        self.queued = 0
 
     def __call__(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
         if script.sha not in self._loaded:
             self.pipe.script_load(script.script)
             self._loaded.add(script.sha)
-            self.queued += 1
         self.pipe.evalsha(script.sha, len(keys), *keys, *args)
-        self.queued += 1
