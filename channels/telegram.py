@@ -90,6 +90,10 @@ def chat_id(address: str) -> int | str:
     )
 
 
+def _chat_key(chat: int | str) -> str:
+    return f"telegram:chat:{chat}"
+
+
 def is_group(chat: int | str) -> bool:
     """Groups, supergroups and channels have negative ids; ``@names`` are public channels or
     supergroups. Private chats with users have positive ids."""
@@ -137,8 +141,7 @@ class TelegramChannel(HttpChannel):
     def buckets(self, chat: int | str) -> dict[str, Rate]:
         """The token buckets one send to ``chat`` takes from: the bot's, the chat's and, for a
         group or channel, the group's."""
-        chat_key = f"telegram:chat:{chat}"
-        limits = {"telegram:bot": self.rate, chat_key: self._chat_rate}
+        limits = {"telegram:bot": self.rate, _chat_key(chat): self._chat_rate}
         if is_group(chat):
             limits[f"telegram:group:{chat}"] = self._group_rate
         return limits
@@ -146,7 +149,6 @@ class TelegramChannel(HttpChannel):
     async def send(self, delivery: Delivery) -> Sent:
         chat = chat_id(delivery.address)
         where = f"telegram sendMessage to chat {_masked(chat)}"
-        chat_key = f"telegram:chat:{chat}"
         answer = await self.post(
             self._url,
             where,
@@ -169,7 +171,7 @@ class TelegramChannel(HttpChannel):
         assert isinstance(parameters, dict)
         if answer.status == 429:
             retry_after = seconds(parameters.get("retry_after"))
-            self.limiter.block(chat_key, retry_after or 1.0)
+            self.limiter.block(_chat_key(chat), retry_after or 1.0)
             raise status_error(429, where, detail, retry_after)
         if answer.status == 401:
             raise TransientError(f"{where}: the bot token was refused (401 {detail}); check TIDINGS_TELEGRAM_BOT_TOKEN")
