@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, Producer, TopicPartition
@@ -77,10 +78,24 @@ def produce(settings: Settings, topic: str, per_partition: int) -> None:
     assert producer.flush(30) == 0
 
 
-def run(loop: ConsumerLoop) -> threading.Thread:
+@contextmanager
+def running(loop: ConsumerLoop, wake: tuple[Producer, str] | None = None) -> Iterator[threading.Thread]:
+    """Run ``loop`` in a thread for the ``with`` block, then stop it and wait for the thread.
+
+    ``wake`` (a producer and the topic): with an hour-long poll timeout the stop is only seen
+    after the next record, so one is sent.
+    """
     thread = threading.Thread(target=loop.run, kwargs={"health_port": -1}, daemon=True)
     thread.start()
-    return thread
+    try:
+        yield thread
+    finally:
+        loop.request_stop()
+        if wake is not None:
+            producer, topic = wake
+            producer.produce(topic, value=b"wake", partition=1)
+            producer.flush(30)
+        thread.join(60)
 
 
 def wait_for(predicate: object, timeout: float = 60.0) -> None:
@@ -105,8 +120,7 @@ def test_a_failing_batch_pauses_fetching_keeps_polling_and_is_processed_once(
     settings, topic = topic_settings
     produce(settings, topic, 20)
     loop = Recorder(settings, topic, fail_batches=3)
-    thread = run(loop)
-    try:
+    with running(loop):
         wait_for(lambda: len(loop.seen) == 40)
         time.sleep(1.0)
         assert len(loop.seen) == 40
@@ -114,9 +128,6 @@ def test_a_failing_batch_pauses_fetching_keeps_polling_and_is_processed_once(
             assert [o for part, o, _ in loop.seen if part == p] == list(range(20))
         # Between failures the loop kept polling (paused, not asleep).
         assert loop.polls_while_failing >= 2
-    finally:
-        loop.request_stop()
-        thread.join(30)
     assert committed(settings, topic, loop.group) == [20, 20]
 
 
@@ -125,8 +136,7 @@ def test_holding_one_partition_lets_the_other_flow(topic_settings: tuple[Setting
     produce(settings, topic, 10)
     loop = Recorder(settings, topic, hold_first={0: 3.0})
     started = time.monotonic()
-    thread = run(loop)
-    try:
+    with running(loop):
         wait_for(lambda: len(loop.seen) == 20)
         first_of = {p: min(t for part, _, t in loop.seen if part == p) for p in (0, 1)}
         # partition 1 was served while partition 0 waited for its head record to be due
@@ -134,9 +144,6 @@ def test_holding_one_partition_lets_the_other_flow(topic_settings: tuple[Setting
         assert first_of[0] - started >= 3.0
         assert [o for part, o, _ in loop.seen if part == 0] == list(range(10))
         assert loop.held() == {}
-    finally:
-        loop.request_stop()
-        thread.join(30)
     assert committed(settings, topic, loop.group) == [10, 10]
 
 
@@ -149,18 +156,12 @@ def test_a_poll_hands_on_what_has_arrived_without_waiting_for_a_full_batch(
     settings = settings.model_copy(update={"poll_timeout": 3600.0, "batch_size": 500})
     loop = Recorder(settings, topic)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    thread = run(loop)
-    try:
+    with running(loop, wake=(producer, topic)) as thread:
         wait_for(lambda: loop.health.ready(), timeout=60)
         for p in (0, 1, 0):
             producer.produce(topic, value=b"x", partition=p)
         assert producer.flush(30) == 0
         wait_for(lambda: len(loop.seen) == 3, timeout=60)
-    finally:
-        loop.request_stop()
-        producer.produce(topic, value=b"wake", partition=1)  # the stop is seen after the next record
-        producer.flush(30)
-        thread.join(60)
     assert not thread.is_alive()
 
 
@@ -180,8 +181,7 @@ def test_a_batch_linger_gathers_what_arrives_soon_after_the_first_record(
     settings = settings.model_copy(update={"poll_timeout": 3600.0, "batch_size": 500, "batch_linger": 3.0})
     loop = Batches(settings, topic)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    thread = run(loop)
-    try:
+    with running(loop, wake=(producer, topic)) as thread:
         wait_for(lambda: loop.health.ready(), timeout=60)
         producer.produce(topic, value=b"first", partition=0)
         assert producer.flush(30) == 0
@@ -190,11 +190,6 @@ def test_a_batch_linger_gathers_what_arrives_soon_after_the_first_record(
         assert producer.flush(30) == 0
         wait_for(lambda: len(loop.seen) == 2, timeout=60)
         assert loop.sizes == [2]  # one batch, handed on after the linger, not the hour-long poll timeout
-    finally:
-        loop.request_stop()
-        producer.produce(topic, value=b"wake", partition=1)
-        producer.flush(30)
-        thread.join(60)
     assert not thread.is_alive()
 
 
@@ -223,27 +218,19 @@ def test_offsets_kept_back_are_stored_after_an_empty_poll(topic_settings: tuple[
     settings, topic = topic_settings
     produce(settings, topic, 10)
     loop = KeepBack(settings, topic, flush_when_idle=True)
-    thread = run(loop)
-    try:
+    with running(loop):
         wait_for(lambda: len(loop.seen) == 20)
         wait_for(lambda: committed(settings, topic, loop.group) == [10, 10])  # while it runs: auto-commit
         assert loop.flushes >= 1
-    finally:
-        loop.request_stop()
-        thread.join(30)
 
 
 def test_offsets_kept_back_are_stored_at_shutdown(topic_settings: tuple[Settings, str]) -> None:
     settings, topic = topic_settings
     produce(settings, topic, 10)
     loop = KeepBack(settings, topic, flush_when_idle=False)
-    thread = run(loop)
-    try:
+    with running(loop) as thread:
         wait_for(lambda: len(loop.seen) == 20)
         time.sleep(1.5)  # past an auto-commit interval: nothing was stored to commit
         assert committed(settings, topic, loop.group) == [OFFSET_INVALID, OFFSET_INVALID]
-    finally:
-        loop.request_stop()
-        thread.join(30)
     assert not thread.is_alive()
     assert committed(settings, topic, loop.group) == [10, 10]
