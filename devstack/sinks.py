@@ -500,6 +500,23 @@ class WebhookSink(_HttpSink):
 # --------------------------------------------------------------------- CLI
 
 
+async def read_http_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """One HTTP/1.1 request from an asyncio stream, as ``(head, body)``; None when the client
+    went away. For small loopback servers that answer by hand (tests, the bench): a
+    Content-Length body only, no chunked requests."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = await reader.readexactly(length) if length else b""
+    return head, body
+
+
 def _parse_status(text: str) -> tuple[str, Reply]:
     """``/path=STATUS[,Header:Value...]``, e.g. ``/slow-down=429,Retry-After:2``."""
     path, sep, spec = text.partition("=")

@@ -67,6 +67,7 @@ from consumers.kafka import BatchProducer, consumer_config, next_offsets, produc
 from consumers.settings import Settings  # noqa: E402
 from consumers.topics import create_topics  # noqa: E402
 from devstack import infra  # noqa: E402
+from devstack.sinks import read_http_request  # noqa: E402
 from router.recipients import Recipient, RecipientStore  # noqa: E402
 from schemas import Catalog, CloudEvent, Delivery  # noqa: E402
 from schemas.cloudevents import format_time  # noqa: E402
@@ -725,14 +726,8 @@ def role_latency_sink(argv: list[str]) -> int:
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                body = await reader.readexactly(length) if length else b""
+            while (request := await read_http_request(reader)) is not None:
+                _, body = request
                 arrived = datetime.now(UTC)
                 with contextlib.suppress(ValueError, KeyError):
                     sent = datetime.fromisoformat(json.loads(body)["time"].replace("Z", "+00:00"))
