@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from channels.transport import KeepAliveTransport, body_framing, encode_request, parse_head
+from devstack.sinks import read_http_request
 from tests.channels.conftest import Certificate
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
@@ -33,23 +34,19 @@ class Server:
         return f"{scheme}://{host}:{self.port}{path}"
 
 
-async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    length = 0
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = await reader.readexactly(length) if length else b""
-    return head + body
+def fixed(answer: bytes, keep: bool = True, delay: float = 0.0) -> Answer:
+    """Answer every request with ``answer`` (after ``delay`` seconds); ``keep`` False hangs up after it."""
+
+    async def write(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        if delay:
+            await asyncio.sleep(delay)
+        writer.write(answer)
+        return keep
+
+    return write
 
 
-async def answer_ok(request: bytes, writer: asyncio.StreamWriter) -> bool:
-    writer.write(OK)
-    return True
+answer_ok = fixed(OK)
 
 
 @asynccontextmanager
@@ -59,7 +56,8 @@ async def http_server(answer: Answer = answer_ok, tls: ssl.SSLContext | None = N
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         state.connections += 1
         try:
-            while (request := await _read_request(reader)) is not None:
+            while (parts := await read_http_request(reader)) is not None:
+                request = b"".join(parts)
                 state.requests.append(request)
                 keep = await answer(request, writer)
                 await writer.drain()
@@ -113,12 +111,7 @@ async def test_sequential_requests_share_one_connection_and_bodies_arrive_intact
 
 @in_loop
 async def test_concurrent_requests_never_open_more_than_max_connections() -> None:
-    async def slow_ok(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(0.01)
-        writer.write(OK)
-        return True
-
-    async with http_server(slow_ok) as server, client(max_connections=3) as http:
+    async with http_server(fixed(OK, delay=0.01)) as server, client(max_connections=3) as http:
         answers = await asyncio.gather(*(http.post(server.url(), content=b"{}") for _ in range(40)))
     assert [a.status_code for a in answers] == [200] * 40
     assert 1 <= server.connections <= 3
@@ -126,11 +119,8 @@ async def test_concurrent_requests_never_open_more_than_max_connections() -> Non
 
 @in_loop
 async def test_a_connection_the_server_closes_is_not_reused() -> None:
-    async def close_after(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok")
-        return False
-
-    async with http_server(close_after) as server, client() as http:
+    answer = fixed(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", keep=False)
+    async with http_server(answer) as server, client() as http:
         for _ in range(5):
             assert (await http.post(server.url(), content=b"{}")).text == "ok"
     assert server.connections == 5
@@ -138,11 +128,8 @@ async def test_a_connection_the_server_closes_is_not_reused() -> None:
 
 @in_loop
 async def test_an_idle_connection_closed_by_the_server_meanwhile_is_replaced() -> None:
-    async def answer_then_hang_up(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(OK)  # keep-alive answer, but the server goes away right after
-        return False
-
-    async with http_server(answer_then_hang_up) as server, client() as http:
+    # a keep-alive answer, but the server goes away right after it
+    async with http_server(fixed(OK, keep=False)) as server, client() as http:
         assert (await http.post(server.url(), content=b"{}")).status_code == 200
         await asyncio.sleep(0.1)  # the peer's close reaches our idle connection
         assert (await http.post(server.url(), content=b"{}")).status_code == 200
@@ -160,12 +147,9 @@ async def test_an_expired_idle_connection_is_not_reused() -> None:
 
 @in_loop
 async def test_chunked_answers_are_read_whole() -> None:
-    async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-        return True
-
-    async with http_server(chunked) as server, client() as http:
+    answer = fixed(b"HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    async with http_server(answer) as server, client() as http:
         first = await http.post(server.url(), content=b"{}")
         second = await http.post(server.url(), content=b"{}")
     assert (first.status_code, first.text, second.text) == (202, "hello world", "hello world")
@@ -174,11 +158,8 @@ async def test_chunked_answers_are_read_whole() -> None:
 
 @in_loop
 async def test_an_answer_left_unread_closes_its_connection() -> None:
-    async def chunked(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-        return True
-
-    async with http_server(chunked) as server, client() as http:
+    answer = fixed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    async with http_server(answer) as server, client() as http:
         async with http.stream("POST", server.url(), content=b"{}") as answer:
             assert answer.status_code == 200  # the body is never read
         assert (await http.post(server.url(), content=b"{}")).text == "ok"
@@ -198,11 +179,8 @@ async def test_a_small_sized_answer_is_read_with_its_head_and_the_connection_kep
 async def test_a_large_answer_is_streamed_whole() -> None:
     big = bytes(range(256)) * 600  # 150 KiB, more than one read
 
-    async def large(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
-        return True
-
-    async with http_server(large) as server, client() as http:
+    answer = fixed(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+    async with http_server(answer) as server, client() as http:
         first = await http.post(server.url(), content=b"{}")
         second = await http.post(server.url(), content=b"{}")
     assert first.content == second.content == big
@@ -211,11 +189,8 @@ async def test_a_large_answer_is_streamed_whole() -> None:
 
 @in_loop
 async def test_answers_that_end_with_the_connection_are_read_and_not_reused() -> None:
-    async def until_close(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
-        return False
-
-    async with http_server(until_close) as server, client() as http:
+    answer = fixed(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it", keep=False)
+    async with http_server(answer) as server, client() as http:
         for _ in range(2):
             assert (await http.post(server.url(), content=b"{}")).text == "all of it"
     assert server.connections == 2
@@ -223,11 +198,7 @@ async def test_answers_that_end_with_the_connection_are_read_and_not_reused() ->
 
 @in_loop
 async def test_interim_answers_are_skipped() -> None:
-    async def early_hints(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + OK)
-        return True
-
-    async with http_server(early_hints) as server, client() as http:
+    async with http_server(fixed(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + OK)) as server, client() as http:
         assert (await http.post(server.url(), content=b"{}")).json() == {"ok": True}
 
 
@@ -262,21 +233,14 @@ async def test_silence_is_a_read_timeout_and_frees_the_slot() -> None:
 
 @in_loop
 async def test_a_hang_up_without_an_answer_is_a_protocol_error() -> None:
-    async def hang_up(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        return False
-
-    async with http_server(hang_up) as server, client() as http:
+    async with http_server(fixed(b"", keep=False)) as server, client() as http:
         with pytest.raises(httpx.RemoteProtocolError):
             await http.post(server.url(), content=b"{}")
 
 
 @in_loop
 async def test_garbage_is_a_protocol_error() -> None:
-    async def garbage(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
-        return False
-
-    async with http_server(garbage) as server, client() as http:
+    async with http_server(fixed(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", keep=False)) as server, client() as http:
         with pytest.raises(httpx.RemoteProtocolError, match="malformed answer"):
             await http.post(server.url(), content=b"{}")
 
@@ -291,11 +255,7 @@ async def test_garbage_is_a_protocol_error() -> None:
 ], ids=["conflicting-length", "bad-length", "folded-header", "http2-line", "bad-chunk", "unasked-upgrade"])
 @in_loop
 async def test_malformed_framing_is_a_protocol_error(head: bytes) -> None:
-    async def answer(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(head)
-        return False
-
-    async with http_server(answer) as server, client() as http:
+    async with http_server(fixed(head, keep=False)) as server, client() as http:
         with pytest.raises(httpx.RemoteProtocolError):
             await http.post(server.url(), content=b"{}")
 
@@ -343,12 +303,7 @@ async def test_a_full_pool_is_a_pool_timeout() -> None:
 
 @in_loop
 async def test_a_cancelled_request_gives_its_slot_back() -> None:
-    async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(0.5)
-        writer.write(OK)
-        return True
-
-    async with http_server(slow) as server, client(max_connections=1) as http:
+    async with http_server(fixed(OK, delay=0.5)) as server, client(max_connections=1) as http:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await http.post(server.url(), content=b"{}")
