@@ -31,10 +31,13 @@ Error messages name the provider and a masked endpoint, never a token.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import math
+import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -45,7 +48,7 @@ from pydantic import Field
 
 from channels.base import Channel, ChannelConfig
 from channels.ratelimit import EndpointLimiter, Rate
-from channels.transport import KeepAliveTransport
+from channels.transport import Destination, KeepAliveTransport, destination
 from schemas import Delivery
 from schemas.errors import DeliveryError, PermanentError, RateLimitedError, TransientError
 
@@ -125,11 +128,15 @@ class HttpPool:
     """The one HTTP pool an HTTP channel keeps: :class:`~channels.transport.KeepAliveTransport`
     under an ``httpx.AsyncClient``, no redirects followed, our user agent.
 
-    :meth:`post` hands the request straight to the transport: the client's own
-    layers (merging defaults, cookies, auth and redirect hooks) cost as much CPU as
-    the transport itself and a channel uses none of them. When ``trust_env`` is on
-    and the environment names a proxy, requests go through the client instead,
-    which routes them over httpx's proxy transports.
+    :meth:`post` hands the request straight to the transport's
+    :meth:`~channels.transport.KeepAliveTransport.request`: no httpx request or
+    response objects and none of the client's layers (merging defaults, cookies,
+    auth and redirect hooks), which together cost more CPU than the exchange
+    itself. The pool writes the body and the headers as httpx would put them on
+    the wire. When ``trust_env`` is on and the environment names a proxy, requests
+    go through the client instead, which routes them over httpx's proxy
+    transports; so does a request with something the direct path does not write
+    (files, an auth flow other than a user and password, a streamed body).
     """
 
     def __init__(self, config: ClientSettings) -> None:
@@ -145,28 +152,96 @@ class HttpPool:
         self.direct = not (config.trust_env and urllib.request.getproxies())
         self._timeout = {"connect": config.connect_timeout, "read": config.timeout, "write": config.timeout,
                          "pool": config.timeout}
-        self._user_agent = config.user_agent
+        self._user_agent = config.user_agent.encode("ascii")
 
-    async def post(self, url: httpx.URL | str, headers: dict[str, str] | None = None,
-                   extensions: dict[str, Any] | None = None, **body: Any) -> tuple[int, httpx.Headers, bytes]:
-        """POST and read up to 64 KiB of the answer; ``body`` is httpx's ``content``, ``json`` or ``data``
-        (and ``auth``, which takes the client's path). Transport failures raise httpx's exceptions."""
-        if not self.direct or "auth" in body:  # httpx's auth flows live in the client
-            async with self.client.stream("POST", url, headers=headers, extensions=extensions, **body) as response:
+    async def post(self, url: Destination | httpx.URL | str, headers: dict[str, str] | None = None,
+                   extensions: dict[str, Any] | None = None, deadline: float | None = None,
+                   **body: Any) -> tuple[int, httpx.Headers, bytes]:
+        """POST and read up to 64 KiB of the answer; ``body`` is httpx's ``content``, ``json`` or ``data``,
+        and ``auth`` a (user, password) pair. ``deadline`` (event-loop time) bounds the whole attempt:
+        past it :class:`TimeoutError` is raised. Other transport failures raise httpx's exceptions."""
+        written = _written(body) if self.direct else None
+        if written is None:
+            async with asyncio.timeout_at(deadline), self.client.stream(
+                    "POST", url if not isinstance(url, Destination) else _url(url), headers=headers,
+                    extensions=extensions, **body) as response:
                 return response.status_code, response.headers, await _read_some(response)
-        request = httpx.Request("POST", url, headers={"user-agent": self._user_agent, **(headers or {})},
-                                extensions={"timeout": self._timeout, **(extensions or {})}, **body)
-        response = await self.transport.handle_async_request(request)
-        try:
-            answer = await _read_some(response)
-        finally:
-            await response.aclose()
+        content, content_type, authorization = written
+        where = url if isinstance(url, Destination) else destination(url)
+        raw: list[tuple[bytes, bytes]] = []
+        names: set[bytes] = set()
+        if headers:
+            for name, value in headers.items():
+                key = name.encode("ascii")
+                raw.append((key, value.encode("ascii")))
+                names.add(key.lower())
+        if b"user-agent" not in names:
+            raw.insert(0, (b"user-agent", self._user_agent))
+        if content_type is not None and b"content-type" not in names:
+            raw.append((b"Content-Type", content_type))
+        if authorization is not None:  # as httpx's BasicAuth: it replaces a caller's header
+            raw = [(k, v) for k, v in raw if k.lower() != b"authorization"]
+            raw.append((b"Authorization", authorization))
+        timeouts = self._timeout
+        sni_hostname = None
+        if extensions:
+            timeouts = extensions.get("timeout", timeouts)
+            sni_hostname = extensions.get("sni_hostname")
+        status, answer_headers, answer = await self.transport.request(
+            b"POST", where, raw, content, timeouts, sni_hostname=sni_hostname, deadline=deadline, limit=MAX_ANSWER)
         if _LOG.isEnabledFor(logging.DEBUG):  # as httpx's client logs it, with the URL masked the same way
-            _LOG.debug("HTTP Request: POST %s %d", _origin(request.url), response.status_code)
-        return response.status_code, response.headers, answer
+            _LOG.debug("HTTP Request: POST %s %d", where.masked(), status)
+        return status, httpx.Headers(answer_headers), answer
 
     async def aclose(self) -> None:
         await self.client.aclose()  # closes the transport too
+
+
+def _written(body: dict[str, Any]) -> tuple[bytes, bytes | None, bytes | None] | None:
+    """The bytes of a request body as httpx writes them (``content``, else form ``data``, else ``json``),
+    its content type and a Basic ``Authorization`` for ``auth``; None when the pool cannot write them."""
+    content = body.get("content")
+    data = body.get("data")
+    document = body.get("json")
+    auth = body.get("auth")
+    if not body.keys() <= _WRITTEN or not (data is None or isinstance(data, Mapping)):
+        return None
+    authorization = None
+    if auth is not None:
+        if not (isinstance(auth, tuple) and len(auth) == 2 and all(isinstance(a, str | bytes) for a in auth)):
+            return None
+        user, password = (a.encode() if isinstance(a, str) else a for a in auth)
+        authorization = b"Basic " + base64.b64encode(user + b":" + password)
+    if content is not None:
+        if isinstance(content, str):
+            return content.encode(), None, authorization
+        if isinstance(content, bytes):
+            return content, None, authorization
+        return None  # a stream: the client sends it
+    if data:
+        pairs = [(key, _form_value(v)) for key, value in data.items()
+                 for v in (value if isinstance(value, list | tuple) else (value,))]
+        return urllib.parse.urlencode(pairs, doseq=True).encode(), b"application/x-www-form-urlencoded", authorization
+    if document is not None:
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode(), b"application/json", authorization
+    return b"", None, authorization
+
+
+_WRITTEN = frozenset(("content", "data", "json", "auth"))
+
+
+def _form_value(value: Any) -> str:
+    """A form field's value as httpx writes it: JSON-style booleans, None as empty."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return "" if value is None else str(value)
+
+
+def _url(where: Destination) -> str:
+    return f"{where.scheme.decode()}://{where.authority.decode()}{where.target.decode()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +313,8 @@ class HttpChannel(Channel):
         pool = self._http()
         timeout = self.config.timeout
         try:
-            async with asyncio.timeout(timeout):
-                status, headers, body = await pool.post(url, **request)
+            deadline = asyncio.get_running_loop().time() + timeout  # one deadline for the attempt
+            status, headers, body = await pool.post(url, deadline=deadline, **request)
         except TimeoutError as exc:
             raise TransientError(f"{where} timed out after {timeout:g} s") from exc
         except httpx.TimeoutException as exc:

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from channels.transport import Destination, destination
 from schemas.errors import InvalidAddressError, TransientError
 
 __all__ = ["METADATA_ADDRESSES", "NetworkGuard", "Target", "parse_networks"]
@@ -78,6 +79,8 @@ class Target:
     host: str
     """The original host name (for ``Host`` and TLS SNI)."""
     address: IPAddress
+    destination: Destination
+    """``url`` parsed for the transport, once per accepted target."""
 
 
 class NetworkGuard:
@@ -110,13 +113,16 @@ class NetworkGuard:
             return "not a public address"
         return None
 
+    def remembered(self, url: httpx.URL) -> Target | None:
+        """The target accepted for ``url`` earlier, while it is still fresh (no resolver call, no wait)."""
+        known = self._accepted.get(str(url))
+        return known[1] if known is not None and known[0] > time.monotonic() else None
+
     async def resolve(self, url: httpx.URL) -> Target:
         """The target to connect to for ``url``; raises when any address of its host is refused."""
-        key = str(url)
-        known = self._accepted.get(key)
-        now = time.monotonic()
-        if known is not None and known[0] > now:
-            return known[1]
+        known = self.remembered(url)
+        if known is not None:
+            return known
         host = url.host
         if not host:
             raise InvalidAddressError("URL has no host")
@@ -130,10 +136,11 @@ class NetworkGuard:
                     "if this receiver is meant to be internal"
                 )
         chosen = addresses[0]
-        target = Target(url.copy_with(host=str(chosen)), host, chosen)
+        pinned = url.copy_with(host=str(chosen))
+        target = Target(pinned, host, chosen, destination(pinned))
         if len(self._accepted) >= self.CACHE_MAX:
             self._accepted.clear()
-        self._accepted[key] = (math.inf if literal else now + self.dns_ttl, target)
+        self._accepted[str(url)] = (math.inf if literal else time.monotonic() + self.dns_ttl, target)
         return target
 
 

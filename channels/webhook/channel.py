@@ -129,8 +129,8 @@ class WebhookChannel(Channel):
         # Every receiver gets a key, so a 429's pause holds; a bucket only when a rate is configured.
         await self.limiter.acquire({receiver: self._rate or _UNLIMITED})
         try:
-            async with asyncio.timeout(self.config.timeout):
-                status, answer_headers, answer = await self._post(url, body, headers, credential, masked)
+            deadline = asyncio.get_running_loop().time() + self.config.timeout  # one deadline for the attempt
+            status, answer_headers, answer = await self._post(url, body, headers, credential, masked, deadline)
         except TimeoutError as exc:
             raise TransientError(f"webhook {masked} timed out after {self.config.timeout:g} s") from exc
         except httpx.TimeoutException as exc:
@@ -145,19 +145,23 @@ class WebhookChannel(Channel):
         raise failure
 
     async def _post(
-        self, url: httpx.URL, body: bytes, headers: dict[str, str], credential: WebhookAuth | None, masked: str
+        self, url: httpx.URL, body: bytes, headers: dict[str, str], credential: WebhookAuth | None, masked: str,
+        deadline: float,
     ) -> tuple[int, httpx.Headers, bytes]:
-        """POST, following allowed redirects; every hop goes through the guard."""
+        """POST, following allowed redirects, all before ``deadline``; every hop goes through the guard."""
         origin = (url.scheme, url.host, url.port)
         for hop in range(self.config.max_redirects + 1):
-            target = await self.guard.resolve(url)
+            target = self.guard.remembered(url)
+            if target is None:  # the resolver is called: it waits, under the attempt's deadline too
+                async with asyncio.timeout_at(deadline):
+                    target = await self.guard.resolve(url)
             sent_headers = dict(headers)
             sent_headers["host"] = url.netloc.decode("ascii")
             if credential is not None and (url.scheme, url.host, url.port) == origin:
                 sent_headers.update(credential.headers())
             extensions = {"sni_hostname": target.host} if url.scheme == "https" else {}
             status, answer_headers, answer = await self._http().post(
-                target.url, content=body, headers=sent_headers, extensions=extensions)
+                target.destination, content=body, headers=sent_headers, extensions=extensions, deadline=deadline)
             location = answer_headers.get("location")
             if status not in _FOLLOWED or not location or hop == self.config.max_redirects:
                 return status, answer_headers, answer
