@@ -231,7 +231,10 @@ def _destination(url: httpx.URL) -> Destination:
         raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
     if not url.host:
         raise httpx.UnsupportedProtocol("the request URL has no host")
-    return Destination(scheme, url.host, url.port or (443 if scheme == b"https" else 80), url.raw_path, url.netloc)
+    port = url.port or (443 if scheme == b"https" else 80)
+    if port > 65535:
+        raise httpx.InvalidURL("the request URL's port is out of range")
+    return Destination(scheme, url.host, port, url.raw_path, url.netloc)
 
 
 class _Connection:

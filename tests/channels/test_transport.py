@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from channels.transport import KeepAliveTransport, body_framing, encode_request, parse_head
+from channels.transport import KeepAliveTransport, body_framing, destination, encode_request, parse_head
 from devstack.sinks import read_http_request
 from tests.channels.conftest import Certificate
 
@@ -375,3 +375,171 @@ def test_parse_head_and_framing() -> None:
     assert body_framing(parse_head(b"HTTP/1.0 200 OK\r\ncontent-length: 2"), b"POST") == (2, False)
     assert body_framing(parse_head(b"HTTP/1.1 204 No Content"), b"POST") == (0, True)
     assert body_framing(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 9"), b"HEAD") == (0, True)
+
+
+# -- the direct method: no httpx request or response objects --------------------------------------
+
+TIMEOUTS = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+
+def transport(max_connections: int = 4) -> KeepAliveTransport:
+    return KeepAliveTransport(max_connections)
+
+
+@in_loop
+async def test_direct_requests_reuse_one_connection_and_return_status_headers_and_body() -> None:
+    async with http_server() as server, transport() as pool:
+        where = destination(server.url("/hook?token=s3cret"))
+        for i in range(20):
+            status, headers, body = await pool.request(b"POST", where, [(b"webhook-id", b"d-%d" % i)],
+                                                       b'{"n":%d}' % i, TIMEOUTS)
+            assert (status, body) == (200, b'{"ok":true}')
+            assert (b"content-type", b"application/json") in headers
+    assert server.connections == 1
+    assert server.requests[3] == (b"POST /hook?token=s3cret HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                                  b"webhook-id: d-3\r\ncontent-length: 7\r\n\r\n{\"n\":3}" % server.port)
+
+
+@in_loop
+async def test_a_direct_request_keeps_the_callers_host_and_sends_a_length_for_an_empty_post() -> None:
+    async with http_server() as server, transport() as pool:
+        await pool.request(b"POST", destination(server.url()), [(b"host", b"hooks.example.com")], b"", TIMEOUTS)
+    [request] = server.requests
+    assert request == b"POST /hook HTTP/1.1\r\nhost: hooks.example.com\r\ncontent-length: 0\r\n\r\n"
+
+
+@in_loop
+async def test_an_answer_over_the_limit_is_cut_and_its_connection_closed_not_drained() -> None:
+    big = bytes(range(256)) * 400  # 100 KiB
+    answer = fixed(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+    async with http_server(answer) as server, transport() as pool:
+        where = destination(server.url())
+        for _ in range(2):
+            status, _, body = await pool.request(b"POST", where, [], b"{}", TIMEOUTS, limit=64 * 1024)
+            assert status == 200 and body == big[:64 * 1024]
+        _, _, whole = await pool.request(b"POST", where, [], b"{}", TIMEOUTS, limit=len(big))
+        assert whole == big
+        _, _, again = await pool.request(b"POST", where, [], b"{}", TIMEOUTS, limit=len(big))
+        assert again == big
+    assert server.connections == 3  # two cut answers closed theirs; read whole, the third was kept
+
+
+@in_loop
+async def test_a_chunked_answer_is_read_whole_by_the_direct_method_and_the_connection_kept() -> None:
+    answer = fixed(b"HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n")
+    async with http_server(answer) as server, transport() as pool:
+        where = destination(server.url())
+        answers = [await pool.request(b"POST", where, [], b"{}", TIMEOUTS) for _ in range(3)]
+    assert [(status, body) for status, _, body in answers] == [(202, b"hello world")] * 3
+    assert server.connections == 1
+
+
+@in_loop
+async def test_direct_answers_that_close_or_end_with_the_connection_are_not_reused() -> None:
+    close = fixed(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", keep=False)
+    until_eof = fixed(b"HTTP/1.0 200 OK\r\n\r\nall of it", keep=False)
+    for answer, expected in ((close, b"ok"), (until_eof, b"all of it")):
+        async with http_server(answer) as server, transport() as pool:
+            where = destination(server.url())
+            for _ in range(3):
+                assert (await pool.request(b"POST", where, [], b"{}", TIMEOUTS))[2] == expected
+        assert server.connections == 3
+
+
+@in_loop
+async def test_a_direct_request_to_a_server_that_hangs_up_is_a_protocol_error_and_frees_the_slot() -> None:
+    async with http_server(fixed(b"", keep=False)) as server, transport(max_connections=1) as pool:
+        for _ in range(2):  # the one slot came back after the first failure
+            with pytest.raises(httpx.RemoteProtocolError):
+                await pool.request(b"POST", destination(server.url()), [], b"{}", TIMEOUTS)
+    assert server.connections == 2
+
+
+@in_loop
+async def test_a_direct_read_timeout_frees_the_slot_and_drops_the_connection() -> None:
+    calls = 0
+
+    async def silent_once(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)
+        writer.write(OK)
+        return True
+
+    async with http_server(silent_once) as server, transport(max_connections=1) as pool:
+        where = destination(server.url())
+        with pytest.raises(httpx.ReadTimeout):
+            await pool.request(b"POST", where, [], b"{}", {**TIMEOUTS, "read": 0.3})
+        assert (await pool.request(b"POST", where, [], b"{}", TIMEOUTS))[0] == 200
+    assert server.connections == 2
+
+
+@in_loop
+async def test_the_attempts_deadline_is_a_timeout_error_and_frees_the_slot() -> None:
+    async with http_server(fixed(OK, delay=0.5)) as server, transport(max_connections=1) as pool:
+        where = destination(server.url())
+        loop = asyncio.get_running_loop()
+        with pytest.raises(TimeoutError) as caught:
+            await pool.request(b"POST", where, [], b"{}", TIMEOUTS, deadline=loop.time() + 0.1)
+        assert not isinstance(caught.value, httpx.TimeoutException)
+        assert (await pool.request(b"POST", where, [], b"{}", TIMEOUTS, deadline=loop.time() + 5))[0] == 200
+
+
+@in_loop
+async def test_a_direct_request_waits_for_a_slot_only_until_the_pool_timeout() -> None:
+    release = asyncio.Event()
+
+    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        writer.write(OK)
+        return True
+
+    async with http_server(held) as server, transport(max_connections=1) as pool:
+        where = destination(server.url())
+        first = asyncio.create_task(pool.request(b"POST", where, [], b"{}", TIMEOUTS))
+        await asyncio.sleep(0.05)
+        with pytest.raises(httpx.PoolTimeout):
+            await pool.request(b"POST", where, [], b"{}", {**TIMEOUTS, "pool": 0.1})
+        release.set()
+        assert (await first)[0] == 200
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    (b"x-note", b"line one\r\nx-injected: yes"), (b"x-note", b"nul\x00byte"), (b"bad name", b"v"), (b"x:y", b"v"),
+])
+@in_loop
+async def test_header_injection_is_refused_before_a_direct_request_is_sent(name: bytes, value: bytes) -> None:
+    async with http_server() as server, transport() as pool:
+        with pytest.raises(httpx.LocalProtocolError) as caught:
+            await pool.request(b"POST", destination(server.url()), [(name, value)], b"{}", TIMEOUTS)
+    assert server.requests == [] and server.connections == 0
+    assert b"one" not in str(caught.value).encode()
+
+
+@in_loop
+async def test_direct_failures_never_name_the_url(closed_port: int) -> None:
+    async with transport() as pool:
+        with pytest.raises(httpx.ConnectError) as refused:
+            await pool.request(b"POST", destination(f"http://127.0.0.1:{closed_port}/bot123:s3cret/send"), [],
+                               b"{}", TIMEOUTS)
+    with pytest.raises(httpx.InvalidURL) as invalid:
+        destination("http://api.example.com:x/bot123:s3cret/send")
+    with pytest.raises(httpx.InvalidURL) as port:
+        destination("http://api.example.com:99999/bot123:s3cret/send")
+    with pytest.raises(httpx.UnsupportedProtocol) as scheme:
+        destination("ftp://api.example.com/bot123:s3cret/send")
+    for caught in (refused, invalid, port, scheme):
+        assert "s3cret" not in str(caught.value) and "bot123" not in str(caught.value)
+    assert invalid.value.__cause__ is None and invalid.value.__suppress_context__  # not shown in tracebacks
+
+
+def test_destinations_are_parsed_once_per_url_and_as_httpx_parses_them() -> None:
+    first = destination("https://Hooks.Example.com/a%20b/c?x=1&y=%2F")
+    assert destination("https://Hooks.Example.com/a%20b/c?x=1&y=%2F") is first
+    assert (first.scheme, first.host, first.port, first.target, first.authority) == (
+        b"https", "hooks.example.com", 443, b"/a%20b/c?x=1&y=%2F", b"hooks.example.com")
+    assert first.masked() == "https://hooks.example.com/***"
+    pinned = destination(httpx.URL("http://[::1]:8080"))
+    assert (pinned.host, pinned.port, pinned.target, pinned.authority) == ("::1", 8080, b"/", b"[::1]:8080")
