@@ -37,7 +37,7 @@ import logging
 import math
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -54,6 +54,7 @@ from schemas.errors import DeliveryError, PermanentError, RateLimitedError, Tran
 
 __all__ = [
     "Answer",
+    "AnswerHeaders",
     "HttpChannel",
     "ProviderConfig",
     "action",
@@ -156,7 +157,7 @@ class HttpPool:
 
     async def post(self, url: Destination | httpx.URL | str, headers: dict[str, str] | None = None,
                    extensions: dict[str, Any] | None = None, deadline: float | None = None,
-                   **body: Any) -> tuple[int, httpx.Headers, bytes]:
+                   **body: Any) -> tuple[int, AnswerHeaders, bytes]:
         """POST and read up to 64 KiB of the answer; ``body`` is httpx's ``content``, ``json`` or ``data``,
         and ``auth`` a (user, password) pair. ``deadline`` (event-loop time) bounds the whole attempt:
         past it :class:`TimeoutError` is raised. Other transport failures raise httpx's exceptions."""
@@ -165,7 +166,7 @@ class HttpPool:
             async with asyncio.timeout_at(deadline), self.client.stream(
                     "POST", url if not isinstance(url, Destination) else _url(url), headers=headers,
                     extensions=extensions, **body) as response:
-                return response.status_code, response.headers, await _read_some(response)
+                return response.status_code, AnswerHeaders(response.headers.raw), await _read_some(response)
         content, content_type, authorization = written
         where = url if isinstance(url, Destination) else destination(url)
         raw: list[tuple[bytes, bytes]] = []
@@ -191,7 +192,7 @@ class HttpPool:
             b"POST", where, raw, content, timeouts, sni_hostname=sni_hostname, deadline=deadline, limit=MAX_ANSWER)
         if _LOG.isEnabledFor(logging.DEBUG):  # as httpx's client logs it, with the URL masked the same way
             _LOG.debug("HTTP Request: POST %s %d", where.masked(), status)
-        return status, httpx.Headers(answer_headers), answer
+        return status, AnswerHeaders(answer_headers), answer
 
     async def aclose(self) -> None:
         await self.client.aclose()  # closes the transport too
@@ -244,12 +245,46 @@ def _url(where: Destination) -> str:
     return f"{where.scheme.decode()}://{where.authority.decode()}{where.target.decode()}"
 
 
+class AnswerHeaders(Mapping[str, str]):
+    """An answer's headers, looked up case-insensitively; a field sent more than once reads as its values
+    joined with ``", "`` (as ``httpx.Headers`` reads it). Built from the raw pairs without parsing them:
+    a channel looks at one or two of them, when at all."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+    def __getitem__(self, name: str) -> str:
+        key = name.lower().encode("latin-1")
+        values = [_text(value) for field, value in self.raw if field.lower() == key]
+        if not values:
+            raise KeyError(name)
+        return ", ".join(values)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(field.lower().decode("latin-1") for field, _ in self.raw))
+
+    def __len__(self) -> int:
+        return len({field.lower() for field, _ in self.raw})
+
+    def __repr__(self) -> str:
+        return f"AnswerHeaders({[field.decode('latin-1') for field, _ in self.raw]!r})"  # names only
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A provider's answer: status, headers and (the start of) the body."""
 
     status: int
-    headers: httpx.Headers
+    headers: AnswerHeaders
     body: bytes
 
     @property

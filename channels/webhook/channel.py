@@ -12,7 +12,7 @@ import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from channels.base import Channel, ChannelConfig, Limits, Sent, mask_url
-from channels.http import HttpPool, excerpt, parse_retry_after
+from channels.http import AnswerHeaders, HttpPool, excerpt, parse_retry_after
 from channels.netguard import NetworkGuard, parse_networks
 from channels.ratelimit import EndpointLimiter, Rate
 from channels.signing import secret_key, sign
@@ -147,7 +147,7 @@ class WebhookChannel(Channel):
     async def _post(
         self, url: httpx.URL, body: bytes, headers: dict[str, str], credential: WebhookAuth | None, masked: str,
         deadline: float,
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, AnswerHeaders, bytes]:
         """POST, following allowed redirects, all before ``deadline``; every hop goes through the guard."""
         origin = (url.scheme, url.host, url.port)
         for hop in range(self.config.max_redirects + 1):
@@ -196,7 +196,7 @@ def _check_url(address: str) -> httpx.URL:
     return url
 
 
-def _failure(status: int, headers: httpx.Headers, answer: bytes, masked: str) -> DeliveryError:
+def _failure(status: int, headers: AnswerHeaders, answer: bytes, masked: str) -> DeliveryError:
     where = f"webhook {masked} answered {status}"
     detail = f": {excerpt(answer)}" if answer.strip() else ""
     if 300 <= status < 400:

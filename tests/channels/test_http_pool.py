@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from channels.http import HttpPool, ProviderConfig
+from channels.http import AnswerHeaders, HttpPool, ProviderConfig
 from channels.webhook.channel import WebhookConfig
 from devstack.sinks import WebhookSink, read_http_request
 
@@ -169,3 +169,16 @@ def test_a_deadline_bounds_the_whole_post() -> None:
             server.close()
 
     asyncio.run(post())
+
+
+def test_answer_headers_read_case_insensitively_like_httpx() -> None:
+    raw = [(b"Retry-After", b"7"), (b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"X-Name", "Zoë".encode()),
+           (b"X-Latin", b"caf\xe9")]
+    ours, theirs = AnswerHeaders(raw), httpx.Headers(raw)
+    for name in ("retry-after", "RETRY-AFTER", "set-cookie", "location"):
+        assert ours.get(name) == theirs.get(name)
+    # httpx decodes every value as Latin-1 once one is not UTF-8; a value at a time is kinder
+    assert (ours.get("x-name"), ours.get("x-latin")) == ("Zoë", "café")
+    assert ours["Retry-After"] == "7" and "location" not in ours
+    assert list(ours) == ["retry-after", "set-cookie", "x-name", "x-latin"] and len(ours) == 4
+    assert "a=1" not in repr(ours)  # names only: values can be credentials
