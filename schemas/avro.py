@@ -18,6 +18,14 @@ maps and arrays of those, nested records) is compiled once into a Python functio
 writes the body directly; it gives the same bytes as fastavro's
 ``schemaless_writer`` in about a third of the time. Anything it does not
 cover, and any datum it cannot write, goes through fastavro as before.
+
+Decoding is compiled the same way (:func:`compile_reader`): when a record was
+written with the schema that reads it (the usual case), one generated function
+reads the body and returns what ``fastavro.schemaless_reader`` returns for the
+same bytes. A record written with an older or different schema is resolved by
+fastavro. Either way, bytes after the end of the record are ignored (fastavro
+reads only what the schema asks for), and anything wrong with the body is a
+DecodeError naming the schema and the problem.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from __future__ import annotations
 import io
 import json
 import struct
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -264,6 +273,352 @@ def compile_writer(parsed: Any) -> Callable[[Mapping[str, Any]], bytes] | None:
     return writer
 
 
+# -- a compiled reader ---------------------------------------------------------
+#
+# The generated code reads ``buf`` (bytes) from ``pos`` with one local per field. Every
+# int, long, length, count and index is a zig-zag varint; nearly all of them fit in one
+# byte, so that case is inlined (``b < 128``) and only longer ones call :func:`_varint`.
+# Running off the end of the body raises IndexError (``buf[pos]``) or struct.error
+# (``unpack_from``), and a string or bytes length is checked against the body's size,
+# so a truncated body never decodes to a short value. Problems found in the bytes
+# raise :class:`_Corrupt`; :meth:`Catalog.decode` turns all of these into DecodeError.
+
+
+_ZIGZAG = tuple((b >> 1) ^ -(b & 1) for b in range(128))
+"""The value of each one-byte zig-zag varint."""
+_NO_LENGTH = 1 << 64
+_LENGTH = tuple(_NO_LENGTH if b & 1 else b >> 1 for b in range(128))
+"""A one-byte string or bytes length; a negative one is 2^64, more than any body (no varint gives it)."""
+
+
+class _Corrupt(ValueError):
+    """The bytes cannot be a record of the schema (the message says why)."""
+
+
+class _Uncovered(Exception):
+    """A schema the compiled reader does not handle: fastavro reads it."""
+
+
+def _varint(buf: bytes, pos: int, first: int) -> tuple[int, int]:
+    """The zig-zag long whose first byte ``first`` (>= 0x80) was at ``pos - 1``, and the position after it."""
+    n = first & 0x7F
+    shift = 7
+    while True:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            if n >> 64:
+                raise _Corrupt(f"varint before byte {pos} does not fit in 64 bits")
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+        if shift > 63:
+            raise _Corrupt(f"varint before byte {pos} is longer than 10 bytes")
+
+
+def _uvarint(buf: bytes, pos: int, first: int) -> tuple[int, int]:
+    """The varint's unsigned value (before zig-zag) and the position after it."""
+    n = first & 0x7F
+    shift = 7
+    while True:
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            if n >> 64:
+                raise _Corrupt(f"varint before byte {pos} does not fit in 64 bits")
+            return n, pos
+        shift += 7
+        if shift > 63:
+            raise _Corrupt(f"varint before byte {pos} is longer than 10 bytes")
+
+
+def _bad_length(n: int, pos: int, size: int) -> _Corrupt:
+    if n == _NO_LENGTH:
+        return _Corrupt(f"negative length before byte {pos}")
+    if n < 0:
+        return _Corrupt(f"negative length {n} before byte {pos}")
+    return _Corrupt(f"length {n} at byte {pos} runs past the end of the body ({size} bytes)")
+
+
+def _bad_count(count: int, pos: int, size: int) -> _Corrupt:
+    return _Corrupt(f"block count {count} before byte {pos} is more than the {size - pos} bytes left")
+
+
+def _bad_index(raw: int, what: str, choices: int, pos: int) -> _Corrupt:
+    index = (raw >> 1) ^ -(raw & 1)
+    return _Corrupt(f"{what} index {index} before byte {pos} is out of range (0 to {choices - 1})")
+
+
+def _enum_at(buf: bytes, pos: int, first: int, symbols: tuple[str, ...], what: str) -> tuple[str, int]:
+    """An enum symbol whose index takes more than one byte."""
+    index, pos = _varint(buf, pos, first)
+    if not 0 <= index < len(symbols):
+        raise _Corrupt(f"{what} index {index} before byte {pos} is out of range (0 to {len(symbols) - 1})")
+    return symbols[index], pos
+
+
+_DAYS_SHIFT = date(1970, 1, 1).toordinal()
+_TIMES: dict[bytes, datetime] = {}
+"""Timestamps already read, by their encoded bytes: a batch's records share a few instants."""
+
+
+def _from_millis(millis: int) -> datetime:
+    # fastavro's read_timestamp_millis: the epoch (timezone.utc) plus a timedelta.
+    return _EPOCH + timedelta(microseconds=millis * 1000)
+
+
+def _keep_time(encoded: bytes, value: datetime) -> None:
+    if len(_TIMES) >= 4096:
+        _TIMES.clear()
+    _TIMES[encoded] = value
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _from_days(days: int) -> date:
+    return date.fromordinal(days + _DAYS_SHIFT)
+
+
+# The logical types read the way fastavro reads them; any other one goes to fastavro.
+_LOGICAL: dict[tuple[str, str], Callable[[Any], Any]] = {
+    ("long", "timestamp-millis"): _from_millis,
+    ("long", "timestamp-micros"): _from_micros,
+    ("int", "date"): _from_days,
+    ("string", "uuid"): uuid.UUID,
+}
+
+
+class _ReaderSource:
+    """The Python source of one function reading a record schema, and the names it uses.
+
+    Arrays, maps and nested records are read inline too (each with locals of its own),
+    so a record is one function call however deep its types go.
+    """
+
+    def __init__(self) -> None:
+        self.names: dict[str, Any] = {
+            "_varint": _varint, "_uvarint": _uvarint, "_bad_length": _bad_length, "_bad_count": _bad_count,
+            "_bad_index": _bad_index, "_enum_at": _enum_at, "_ZZ": _ZIGZAG, "_LEN": _LENGTH,
+            "_f32": struct.Struct("<f").unpack_from, "_f64": struct.Struct("<d").unpack_from,
+            "_TIMES": _TIMES, "_keep_time": _keep_time, "_from_millis": _from_millis,
+        }
+        self.count = 0
+
+    def constant(self, value: Any, prefix: str) -> str:
+        name = f"{prefix}{len(self.names)}"
+        self.names[name] = value
+        return name
+
+    def local(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}{self.count}"
+
+    def long(self, target: str, ind: str) -> list[str]:
+        return [
+            f"{ind}b = buf[pos]",
+            f"{ind}pos += 1",
+            f"{ind}if b < 128:",
+            f"{ind}    {target} = _ZZ[b]",
+            f"{ind}else:",
+            f"{ind}    {target}, pos = _varint(buf, pos, b)",
+        ]
+
+    def read(self, avro_type: Any, target: str, ind: str) -> list[str]:
+        """Lines that read one value of ``avro_type`` into ``target`` and move ``pos`` past it."""
+        if isinstance(avro_type, list):
+            return self.union(avro_type, target, ind)
+        if isinstance(avro_type, dict):
+            return self.complex(avro_type, target, ind)
+        if avro_type == "null":
+            return [f"{ind}{target} = None"]
+        if avro_type == "boolean":
+            return [f"{ind}{target} = buf[pos] != 0", f"{ind}pos += 1"]
+        if avro_type in ("int", "long"):
+            return self.long(target, ind)
+        if avro_type in ("float", "double"):
+            unpack, width = ("_f32", 4) if avro_type == "float" else ("_f64", 8)
+            return [f"{ind}{target} = {unpack}(buf, pos)[0]", f"{ind}pos += {width}"]
+        if avro_type in ("string", "bytes"):
+            # One-byte lengths come from a table; a negative one (odd byte) is there as 2^64,
+            # which no varint gives, so the single bounds check catches it too.
+            decode = ".decode()" if avro_type == "string" else ""
+            return [
+                f"{ind}b = buf[pos]",
+                f"{ind}pos += 1",
+                f"{ind}if b < 128:",
+                f"{ind}    end = pos + _LEN[b]",
+                f"{ind}else:",
+                f"{ind}    n, pos = _varint(buf, pos, b)",
+                f"{ind}    if n < 0:",
+                f"{ind}        raise _bad_length(n, pos, size)",
+                f"{ind}    end = pos + n",
+                f"{ind}if end > size:",
+                f"{ind}    raise _bad_length(end - pos, pos, size)",
+                f"{ind}{target} = buf[pos:end]{decode}",
+                f"{ind}pos = end",
+            ]
+        raise _Uncovered(f"type {avro_type!r}")  # a named type used by reference, for one
+
+    def complex(self, avro_type: dict[str, Any], target: str, ind: str) -> list[str]:
+        kind = avro_type.get("type")
+        logical = avro_type.get("logicalType")
+        if logical is not None:
+            if kind == "long" and logical == "timestamp-millis":
+                return self.millis(target, ind)
+            convert = _LOGICAL.get((kind, logical)) if isinstance(kind, str) else None
+            if convert is None:
+                raise _Uncovered(f"logical type {logical}")
+            name = self.constant(convert, "L")
+            return [*self.read(kind, target, ind), f"{ind}{target} = {name}({target})"]
+        if kind == "enum":
+            return self.enum(avro_type, target, ind)
+        if kind == "fixed":
+            width = int(avro_type["size"])
+            return [
+                f"{ind}{target} = buf[pos:pos + {width}]",
+                f"{ind}if len({target}) != {width}:",
+                f"{ind}    raise _bad_length({width}, pos, size)",
+                f"{ind}pos += {width}",
+            ]
+        if kind == "record":
+            lines, result = self.fields(avro_type["fields"], ind)
+            return [*lines, f"{ind}{target} = {result}"]
+        if kind in ("array", "map"):
+            return self.blocks(avro_type, target, ind)
+        if kind == "null" or kind in _PRIMITIVES:
+            return self.read(kind, target, ind)
+        raise _Uncovered(f"type {kind!r}")
+
+    def millis(self, target: str, ind: str) -> list[str]:
+        # Today's instants take 6 bytes (2^34 to 2^41 ms after the epoch: 1970 to 2039); seen
+        # ones are found by those bytes (a varint ends itself, so 6 bytes that were a whole
+        # varint are that varint wherever they appear). Others are read as a long.
+        start = self.local("start")
+        return [
+            f"{ind}{target} = _TIMES.get(buf[pos:pos + 6])",
+            f"{ind}if {target} is None:",
+            f"{ind}    {start} = pos",
+            *self.long(target, ind + "    "),
+            f"{ind}    {target} = _from_millis({target})",
+            f"{ind}    if pos - {start} == 6:",
+            f"{ind}        _keep_time(buf[{start}:pos], {target})",
+            f"{ind}else:",
+            f"{ind}    pos += 6",
+        ]
+
+    def enum(self, avro_type: dict[str, Any], target: str, ind: str) -> list[str]:
+        symbols = tuple(str(s) for s in avro_type["symbols"])
+        # The symbol for each one-byte index (zig-zag: 0, 2, 4... are 0, 1, 2...), None where out of range.
+        table = tuple(symbols[b >> 1] if not b & 1 and b >> 1 < len(symbols) else None for b in range(128))
+        fast, full = self.constant(table, "E"), self.constant(symbols, "S")
+        what = repr(f"enum {avro_type.get('name')}")
+        return [
+            f"{ind}b = buf[pos]",
+            f"{ind}pos += 1",
+            f"{ind}if b < 128:",
+            f"{ind}    {target} = {fast}[b]",
+            f"{ind}    if {target} is None:",
+            f"{ind}        raise _bad_index(b, {what}, {len(symbols)}, pos)",
+            f"{ind}else:",
+            f"{ind}    {target}, pos = _enum_at(buf, pos, b, {full}, {what})",
+        ]
+
+    def union(self, branches: list[Any], target: str, ind: str) -> list[str]:
+        if not branches:
+            raise _Uncovered("an empty union")
+        lines = [
+            f"{ind}b = buf[pos]",
+            f"{ind}pos += 1",
+            f"{ind}if b > 127:",
+            f"{ind}    b, pos = _uvarint(buf, pos, b)",
+        ]
+        for i, branch in enumerate(branches):  # the branch index i is the varint 2i
+            lines.append(f"{ind}{'if' if i == 0 else 'elif'} b == {2 * i}:")
+            lines.extend(self.read(branch, target, ind + "    "))
+        lines.append(f"{ind}else:")
+        lines.append(f"{ind}    raise _bad_index(b, 'union', {len(branches)}, pos)")
+        return lines
+
+    def fields(self, fields: list[dict[str, Any]], ind: str) -> tuple[list[str], str]:
+        """Lines reading each field into a local, and the dict expression of the record."""
+        lines: list[str] = []
+        items: list[str] = []
+        for fld in fields:
+            name = self.local("f")
+            lines.extend(self.read(fld["type"], name, ind))
+            items.append(f"{str(fld['name'])!r}: {name}")
+        return lines, "{" + ", ".join(items) + "}"
+
+    def blocks(self, avro_type: dict[str, Any], target: str, ind: str) -> list[str]:
+        """An array or a map: blocks of items, each a count (and a byte size when negative), then a zero."""
+        is_map = avro_type["type"] == "map"
+        item = avro_type["values" if is_map else "items"]
+        if not is_map and _min_size(item) == 0:
+            raise _Uncovered("an array of items that take no bytes")  # a count cannot be checked against the body
+        count, key, value = self.local("count"), self.local("key"), self.local("item")
+        inner = ind + "        "
+        lines = [
+            f"{ind}{target} = {'{}' if is_map else '[]'}",
+            f"{ind}while True:",
+            *self.long(count, ind + "    "),
+            f"{ind}    if {count} == 0:",
+            f"{ind}        break",
+            f"{ind}    if {count} < 0:",
+            f"{ind}        {count} = -{count}",
+            *self.long("n", ind + "        "),  # the block's size in bytes, not needed
+            f"{ind}    if {count} > size - pos:",
+            f"{ind}        raise _bad_count({count}, pos, size)",
+            f"{ind}    for _ in range({count}):",
+        ]
+        if is_map:
+            lines.extend(self.read("string", key, inner))
+            lines.extend(self.read(item, value, inner))
+            lines.append(f"{inner}{target}[{key}] = {value}")
+        else:
+            lines.extend(self.read(item, value, inner))
+            lines.append(f"{inner}{target}.append({value})")
+        return lines
+
+
+def _min_size(avro_type: Any) -> int:
+    """The fewest bytes a value of ``avro_type`` takes."""
+    if isinstance(avro_type, list):
+        return 1
+    if isinstance(avro_type, dict):
+        kind = avro_type.get("type")
+        if kind == "record":
+            return sum(_min_size(f["type"]) for f in avro_type["fields"])
+        if kind == "fixed":
+            return int(avro_type["size"])
+        return 0 if kind == "null" else _min_size(kind) if kind in _PRIMITIVES else 1
+    return {"null": 0, "float": 4, "double": 8}.get(avro_type, 1)
+
+
+def compile_reader(parsed: Any) -> Callable[[bytes, int], dict[str, Any]] | None:
+    """A function ``read(buf, pos)`` that decodes the Avro body of a record starting at ``pos``.
+
+    It returns what ``fastavro.schemaless_reader`` returns for the same bytes when the
+    writer schema is the reader schema (equal values of the same types, keys in field
+    order), and ignores bytes after the record as fastavro does. None when the schema has
+    a type it does not cover (a named type used by reference, a logical type other than
+    timestamp-millis, timestamp-micros, date and uuid, an array of nulls).
+    """
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        return None
+    source = _ReaderSource()
+    try:
+        body, result = source.fields(parsed["fields"], "    ")
+    except _Uncovered:
+        return None
+    text = "\n".join(["def read_record(buf, pos):", "    size = len(buf)", *body, f"    return {result}"]) + "\n"
+    exec(compile(text, f"<avro reader {parsed.get('name')}>", "exec"), source.names)  # noqa: S102 - our own schema
+    reader: Callable[[bytes, int], dict[str, Any]] = source.names["read_record"]
+    return reader
+
+
 @dataclass(frozen=True)
 class Schema:
     """One parsed schema with its identity."""
@@ -278,6 +633,8 @@ class Schema:
     """The schema as written (defaults, docs and our attributes included): what a registry gets."""
     writer: Callable[[Mapping[str, Any]], bytes] | None = field(default=None, compare=False, repr=False)
     """The compiled body writer (see :func:`compile_writer`), when the schema is covered."""
+    body_reader: Callable[[bytes, int], dict[str, Any]] | None = field(default=None, compare=False, repr=False)
+    """The compiled body reader (see :func:`compile_reader`), used when this schema both wrote and reads a record."""
 
     def body(self, data: Mapping[str, Any]) -> bytes:
         """The Avro binary body of ``data`` (no framing)."""
@@ -343,6 +700,7 @@ class Catalog:
             path=path,
             definition=raw,
             writer=compile_writer(parsed),
+            body_reader=compile_reader(parsed),
         )
         if current:
             if schema.name in self.current:
@@ -442,6 +800,8 @@ class Catalog:
             raise SchemaMismatchError(
                 f"expected a {reader.name} record but the body was written as {writer.name}"
             )
+        if writer_parsed is reader.parsed and reader.body_reader is not None:
+            return reader, _read_body(reader, value, body)
         try:
             data = fastavro.schemaless_reader(
                 io.BytesIO(value[body:]), writer_parsed, reader.parsed
@@ -471,6 +831,24 @@ class Catalog:
             raise DecodeError(f"schema id {schema_id} could not be fetched: {exc}") from exc
         self._confluent_cache[schema_id] = parsed
         return parsed
+
+
+def _read_body(schema: Schema, value: bytes, start: int) -> dict[str, Any]:
+    """The record in ``value`` from ``start`` through the schema's compiled reader; DecodeError when it is not one."""
+    read = schema.body_reader
+    assert read is not None
+    body = bytes(value[start:])  # positions in messages count from the body's first byte
+    try:
+        return read(body, 0)
+    except _Corrupt as exc:
+        problem = str(exc)
+    except (IndexError, struct.error):
+        problem = f"truncated: the body ({len(body)} bytes) ends before the record does"
+    except UnicodeDecodeError as exc:
+        problem = f"a string is not valid UTF-8: {exc}"
+    except (ValueError, OverflowError) as exc:  # a timestamp, date or uuid out of range
+        problem = f"{type(exc).__name__}: {exc}"
+    raise DecodeError(f"cannot decode body as {schema.name}: {problem}")
 
 
 def check_fits(schema: Schema, data: Mapping[str, Any]) -> None:
