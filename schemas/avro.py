@@ -406,6 +406,10 @@ class _ReaderSource:
             "_TIMES": _TIMES, "_keep_time": _keep_time, "_from_millis": _from_millis,
         }
         self.count = 0
+        self.named: dict[str, Any] = {}
+        """Named types (records, enums, fixed) by full name, as their definitions are met."""
+        self.open: set[str] = set()
+        """Records being read: one that contains itself cannot be written out inline."""
 
     def constant(self, value: Any, prefix: str) -> str:
         name = f"{prefix}{len(self.names)}"
@@ -460,10 +464,15 @@ class _ReaderSource:
                 f"{ind}{target} = buf[pos:end]{decode}",
                 f"{ind}pos = end",
             ]
-        raise _Uncovered(f"type {avro_type!r}")  # a named type used by reference, for one
+        if isinstance(avro_type, str) and avro_type in self.named:  # a named type used again by name
+            return self.read(self.named[avro_type], target, ind)
+        raise _Uncovered(f"type {avro_type!r}")
 
     def complex(self, avro_type: dict[str, Any], target: str, ind: str) -> list[str]:
         kind = avro_type.get("type")
+        name = avro_type.get("name")
+        if kind in ("record", "enum", "fixed") and isinstance(name, str):
+            self.named.setdefault(name, avro_type)
         logical = avro_type.get("logicalType")
         if logical is not None:
             if kind == "long" and logical == "timestamp-millis":
@@ -471,8 +480,8 @@ class _ReaderSource:
             convert = _LOGICAL.get((kind, logical)) if isinstance(kind, str) else None
             if convert is None:
                 raise _Uncovered(f"logical type {logical}")
-            name = self.constant(convert, "L")
-            return [*self.read(kind, target, ind), f"{ind}{target} = {name}({target})"]
+            function = self.constant(convert, "L")
+            return [*self.read(kind, target, ind), f"{ind}{target} = {function}({target})"]
         if kind == "enum":
             return self.enum(avro_type, target, ind)
         if kind == "fixed":
@@ -484,7 +493,11 @@ class _ReaderSource:
                 f"{ind}pos += {width}",
             ]
         if kind == "record":
+            if name in self.open:
+                raise _Uncovered(f"recursive record {name}")
+            self.open.add(str(name))
             lines, result = self.fields(avro_type["fields"], ind)
+            self.open.discard(str(name))
             return [*lines, f"{ind}{target} = {result}"]
         if kind in ("array", "map"):
             return self.blocks(avro_type, target, ind)
@@ -603,17 +616,17 @@ def compile_reader(parsed: Any) -> Callable[[bytes, int], dict[str, Any]] | None
     It returns what ``fastavro.schemaless_reader`` returns for the same bytes when the
     writer schema is the reader schema (equal values of the same types, keys in field
     order), and ignores bytes after the record as fastavro does. None when the schema has
-    a type it does not cover (a named type used by reference, a logical type other than
+    a type it does not cover (a record that contains itself, a logical type other than
     timestamp-millis, timestamp-micros, date and uuid, an array of nulls).
     """
     if not isinstance(parsed, dict) or parsed.get("type") != "record":
         return None
     source = _ReaderSource()
     try:
-        body, result = source.fields(parsed["fields"], "    ")
+        body = source.read(parsed, "record", "    ")
     except _Uncovered:
         return None
-    text = "\n".join(["def read_record(buf, pos):", "    size = len(buf)", *body, f"    return {result}"]) + "\n"
+    text = "\n".join(["def read_record(buf, pos):", "    size = len(buf)", *body, "    return record"]) + "\n"
     exec(compile(text, f"<avro reader {parsed.get('name')}>", "exec"), source.names)  # noqa: S102 - our own schema
     reader: Callable[[bytes, int], dict[str, Any]] = source.names["read_record"]
     return reader
@@ -829,6 +842,9 @@ class Catalog:
             raise
         except Exception as exc:
             raise DecodeError(f"schema id {schema_id} could not be fetched: {exc}") from exc
+        current = self.current.get(parsed.get("name")) if isinstance(parsed, dict) else None
+        if current is not None and parsed == current.parsed:
+            parsed = current.parsed  # the same schema: its records go through the compiled reader
         self._confluent_cache[schema_id] = parsed
         return parsed
 
