@@ -842,7 +842,7 @@ class Catalog:
             raise
         except Exception as exc:
             raise DecodeError(f"schema id {schema_id} could not be fetched: {exc}") from exc
-        current = self.current.get(parsed.get("name")) if isinstance(parsed, dict) else None
+        current = self.current.get(str(parsed.get("name"))) if isinstance(parsed, dict) else None
         if current is not None and parsed == current.parsed:
             parsed = current.parsed  # the same schema: its records go through the compiled reader
         self._confluent_cache[schema_id] = parsed
