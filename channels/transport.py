@@ -204,6 +204,9 @@ class Destination:
         """Scheme, host and port, for log lines: the path and the query can hold a token."""
         return f"{self.scheme.decode()}://{self.authority.decode()}/***"
 
+    def __repr__(self) -> str:
+        return f"Destination({self.masked()!r})"
+
 
 def destination(url: str | httpx.URL) -> Destination:
     """``url`` parsed the way httpx parses it; a string is parsed once and remembered (endpoints repeat).

@@ -541,5 +541,6 @@ def test_destinations_are_parsed_once_per_url_and_as_httpx_parses_them() -> None
     assert (first.scheme, first.host, first.port, first.target, first.authority) == (
         b"https", "hooks.example.com", 443, b"/a%20b/c?x=1&y=%2F", b"hooks.example.com")
     assert first.masked() == "https://hooks.example.com/***"
+    assert "s3cret" not in repr(destination("https://api.example.com/bot123:s3cret/send?x=1"))
     pinned = destination(httpx.URL("http://[::1]:8080"))
     assert (pinned.host, pinned.port, pinned.target, pinned.authority) == ("::1", 8080, b"/", b"[::1]:8080")
