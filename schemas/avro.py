@@ -317,20 +317,9 @@ def _varint(buf: bytes, pos: int, first: int) -> tuple[int, int]:
 
 
 def _uvarint(buf: bytes, pos: int, first: int) -> tuple[int, int]:
-    """The varint's unsigned value (before zig-zag) and the position after it."""
-    n = first & 0x7F
-    shift = 7
-    while True:
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            if n >> 64:
-                raise _Corrupt(f"varint before byte {pos} does not fit in 64 bits")
-            return n, pos
-        shift += 7
-        if shift > 63:
-            raise _Corrupt(f"varint before byte {pos} is longer than 10 bytes")
+    """The varint's unsigned value (before zig-zag) and the position after it: union indexes compare it."""
+    value, pos = _varint(buf, pos, first)
+    return (value << 1) ^ (value >> 63), pos
 
 
 def _bad_length(n: int, pos: int, size: int) -> _Corrupt:
@@ -382,9 +371,9 @@ def _from_days(days: int) -> date:
     return date.fromordinal(days + _DAYS_SHIFT)
 
 
-# The logical types read the way fastavro reads them; any other one goes to fastavro.
+# The logical types read the way fastavro reads them (timestamp-millis has code of its own,
+# _ReaderSource.millis); any other one goes to fastavro.
 _LOGICAL: dict[tuple[str, str], Callable[[Any], Any]] = {
-    ("long", "timestamp-millis"): _from_millis,
     ("long", "timestamp-micros"): _from_micros,
     ("int", "date"): _from_days,
     ("string", "uuid"): uuid.UUID,
