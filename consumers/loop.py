@@ -31,6 +31,7 @@ leaves the group), flush the producer. The Kubernetes grace period must exceed
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -53,6 +54,19 @@ from schemas import Catalog, Status
 from schemas.models import event_key
 
 log = logging.getLogger(__name__)
+
+
+def settle_heap() -> None:
+    """Move everything built at start (modules, schemas, compiled templates and rules, clients)
+    out of the garbage collector's sight.
+
+    A full collection walks every tracked object, and a started process holds a few hundred
+    thousand that live until exit: each full collection stalled the consume loop for 50 to 65 ms,
+    a latency spike every few seconds at 1,000 events/s. Frozen objects are never collected; the
+    objects of one batch still are, young, as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class RetryBatch(Exception):
@@ -279,6 +293,7 @@ class ConsumerLoop(ABC):
         self._await_topics()
         self.consumer.subscribe(self.topics, on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        settle_heap()
         try:
             while not self.stop_event.is_set():
                 self.poll_once()

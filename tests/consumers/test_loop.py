@@ -7,8 +7,10 @@ the others flow; nothing is skipped or processed out of order.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -129,6 +131,30 @@ def test_a_failing_batch_pauses_fetching_keeps_polling_and_is_processed_once(
         # Between failures the loop kept polling (paused, not asleep).
         assert loop.polls_while_failing >= 2
     assert committed(settings, topic, loop.group) == [20, 20]
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_heap_built_at_start_is_frozen_after_collecting_its_garbage(
+        topic_settings: tuple[Settings, str]) -> None:
+    settings, topic = topic_settings
+    gc.unfreeze()
+    garbage = _Cycle()
+    gone = weakref.ref(garbage)
+    del garbage  # only a collection frees a reference cycle
+    gc.disable()  # no automatic collection may free it before the loop's
+    loop = Recorder(settings, topic)
+    try:
+        assert gc.get_freeze_count() == 0 and gone() is not None
+        with running(loop):
+            wait_for(lambda: gc.get_freeze_count() > 0)
+            assert gone() is None  # collected before the freeze, not frozen with the rest
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def test_holding_one_partition_lets_the_other_flow(topic_settings: tuple[Settings, str]) -> None:
