@@ -10,9 +10,9 @@ failure goes to the next retry tier (see :mod:`consumers.retry`), a permanent
 one or the last allowed attempt to the DLQ. While an endpoint's circuit
 breaker is open, its deliveries go to a retry tier without calling the
 provider. Sent marks are written as sends complete (the sends that finish
-together share one pipeline), and all of them before the retry records,
-status events and dead letters are produced, Kafka's acknowledgement is
-awaited, and only then are the offsets stored. A dead-lettered delivery that
+together share one write to Redis, see :mod:`consumers.redisbatch`), and all
+of them before the retry records, status events and dead letters are
+produced, Kafka's acknowledgement is awaited, and only then are the offsets stored. A dead-lettered delivery that
 carries a fallback chain queues the next channel's delivery in the same batch;
 an in-app one with an unread fallback schedules it with its sent mark (see
 :mod:`consumers.fallback`).
@@ -44,6 +44,7 @@ from consumers.breaker import Breakers
 from consumers.fallback import Fallbacks
 from consumers.kafka import ProduceError, coordinates, headers_of, now_text
 from consumers.loop import ConsumerLoop, RetryBatch
+from consumers.redisbatch import BatchConnection
 from consumers.retry import GiveUp, RetryPlan, RetryState, Tier, plan_retry, retry_headers
 from consumers.settings import Settings
 from router import keys
@@ -106,6 +107,7 @@ class DeliverConsumer(ConsumerLoop):
         self.breakers = Breakers(settings.breaker_threshold, settings.breaker_cooldown)
         # Channel fallback (consumers/fallback.py); the in-app consumer also releases unread fallbacks.
         self.fallbacks = Fallbacks(self, redis, channel)
+        self.batch = BatchConnection(redis)  # sent-mark checks and writes (consumers/redisbatch.py)
         self._next_release = 0.0
 
     def poll_once(self) -> None:
@@ -121,6 +123,7 @@ class DeliverConsumer(ConsumerLoop):
 
     def on_close(self) -> None:
         self.aio.run_until_complete(self.channel.aclose())
+        self.aio.run_until_complete(self.batch.aclose())
         self.aio.run_until_complete(self.redis.aclose())
         self.aio.close()
 
@@ -197,21 +200,23 @@ class DeliverConsumer(ConsumerLoop):
     async def _sent_marks(self, items: list[_Item]) -> list[bool]:
         if not items:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for i in items:
-            d = i.delivery
-            assert d is not None
-            pipe.exists(keys.sent(d.tenant, d.recipient_id, d.delivery_id))
-        return [bool(x) for x in await pipe.execute()]
+        replies = await self.batch.run([("EXISTS", keys.sent(i.delivery.tenant, i.delivery.recipient_id,
+                                                              i.delivery.delivery_id))
+                                        for i in items if i.delivery is not None])
+        return [bool(_checked(reply)) for reply in replies]
 
     async def _mark_sent(self, items: list[_Item]) -> None:
+        ttl = self.settings.sent_ttl_seconds
+        marks = [("SET", keys.sent(i.delivery.tenant, i.delivery.recipient_id, i.delivery.delivery_id),
+                  (i.sent.provider_id if i.sent else None) or "1", "EX", ttl)
+                 for i in items if i.delivery is not None]
+        if self.fallbacks.inbox is None:  # no unread fallbacks to queue: the lean batch
+            for reply in await self.batch.run(marks):
+                _checked(reply)
+            return
         pipe = self.redis.pipeline(transaction=False)
-        for i in items:
-            d = i.delivery
-            assert d is not None
-            value = (i.sent.provider_id if i.sent else None) or "1"
-            pipe.set(keys.sent(d.tenant, d.recipient_id, d.delivery_id), value,
-                     ex=self.settings.sent_ttl_seconds)
+        for command in marks:
+            pipe.execute_command(*command)
         await self.fallbacks.queue_unread(pipe, [i.delivery for i in items if i.delivery is not None],
                                           datetime.now(UTC))
         await pipe.execute()
@@ -387,6 +392,13 @@ class _EagerMarks:
         await self._drain()
         if self._error is not None:
             raise self._error
+
+
+def _checked(reply: Any) -> Any:
+    """A reply of a lean batch, or the error Redis answered raised (a RedisError: the batch is retried)."""
+    if isinstance(reply, RedisError):
+        raise reply
+    return reply
 
 
 def _storable(items: list[_Item]) -> list[TopicPartition]:

@@ -1,0 +1,102 @@
+"""A batch of Redis commands in one write, every reply parsed in one pass.
+
+A channel consumer sends Redis two kinds of batch: an ``EXISTS`` per delivery (is it
+marked sent?) and a ``SET`` per sent mark. Through redis-py's asyncio pipeline each
+command costs about 25 us of CPU on the benchmark machine: its argument handling,
+observability hooks, and one coroutine and parser call per reply. Here the commands
+are packed in one buffer, written at once, and what comes back is fed to one hiredis
+reader: a batch of 100 ``EXISTS`` went from about 2.8 ms to 0.7 ms of CPU, one of 10
+from 0.54 to 0.17 ms.
+
+The connection is redis-py's own (made by the client's pool, so the URL, credentials,
+database, TLS and timeouts are the client's), kept aside for batches and used by one
+batch at a time. The replies are read from its stream directly. Any failure (refused,
+reset, timed out, an answer that is not RESP) closes it and raises redis-py's
+:class:`~redis.exceptions.ConnectionError` or :class:`~redis.exceptions.TimeoutError`; the
+next batch connects again. An error reply (``WRONGTYPE``...) is not raised: it is returned
+in its command's place as a :class:`~redis.exceptions.ResponseError`, as a pipeline run
+with ``raise_on_error=False`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Arg = str | bytes | int
+_READ = 65536
+
+
+def pack(command: Sequence[Arg]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+class BatchConnection:
+    """One connection of ``redis``'s pool, kept for batches of commands; see the module's docstring."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._conn: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send ``commands`` in one write; their replies, in order (error replies as ResponseError)."""
+        if not commands:
+            return []
+        payload = b"".join([pack(c) for c in commands])
+        async with self._lock:
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                if not conn.is_connected:
+                    await conn.connect()
+                await conn.send_packed_command(payload, check_health=False)
+                return await self._replies(conn, len(commands))
+            except BaseException:
+                await conn.disconnect()
+                raise
+
+    async def _replies(self, conn: AbstractConnection, count: int) -> list[Any]:
+        stream = getattr(conn, "_reader", None)  # redis-py's asyncio.StreamReader of this connection
+        if not isinstance(stream, asyncio.StreamReader):
+            raise RedisConnectionError("the Redis connection has no stream to read replies from")
+        parser = hiredis.Reader(replyError=ResponseError)
+        replies: list[Any] = []
+        timeout = getattr(conn, "socket_timeout", None)
+        try:
+            async with asyncio.timeout(timeout):
+                while len(replies) < count:
+                    data = await stream.read(_READ)
+                    if not data:
+                        raise RedisConnectionError("Redis closed the connection before every reply arrived")
+                    parser.feed(data)
+                    while (reply := parser.gets()) is not False:
+                        replies.append(reply)
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"no reply from Redis within {timeout} s") from exc
+        except hiredis.ProtocolError as exc:
+            raise RedisConnectionError(f"Redis answered something that is not RESP: {exc}") from exc
+        except OSError as exc:
+            raise RedisConnectionError(f"reading from Redis failed: {type(exc).__name__}") from exc
+        if len(replies) != count:
+            raise RedisConnectionError(f"Redis sent {len(replies)} replies to {count} commands")
+        return replies
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
