@@ -63,7 +63,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from redis import Redis  # noqa: E402
 
-from consumers.kafka import BatchProducer, consumer_config, next_offsets, producer_config  # noqa: E402
+from consumers.kafka import BatchProducer, consumer_config, coordinates, next_offsets, producer_config  # noqa: E402
 from consumers.settings import Settings  # noqa: E402
 from consumers.topics import create_topics  # noqa: E402
 from devstack import infra  # noqa: E402
@@ -115,6 +115,13 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / ticks
     return total
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 @dataclass
@@ -302,6 +309,32 @@ class Bench:
         if left:
             raise RuntimeError(f"{left} pre-loaded record(s) not acknowledged")
         return n
+
+    def record_times(self, topic: str) -> dict[str, float]:
+        """Every record's Kafka timestamp (ms) on ``topic``, by its ``tidings_delivery_id`` header."""
+        consumer = Consumer({"bootstrap.servers": self.kafka, "group.id": f"bench-times-{self.run_id}",
+                             "enable.auto.commit": False})
+        parts = self.meta.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: self.meta.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                for p in parts}
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        times: dict[str, float] = {}
+        left = {p for p, end in ends.items() if end > 0}
+        deadline = time.monotonic() + 120
+        try:
+            while left and time.monotonic() < deadline:
+                for msg in consumer.consume(10_000, 1.0):
+                    if msg.error():
+                        continue
+                    header = dict(msg.headers() or []).get("tidings_delivery_id")
+                    if isinstance(header, bytes):
+                        times[header.decode()] = float(msg.timestamp()[1])
+                    _, partition, offset = coordinates(msg)
+                    if offset + 1 >= ends[partition]:
+                        left.discard(partition)
+        finally:
+            consumer.close()
+        return times
 
     # -- fixtures of the runs --
 
@@ -537,6 +570,10 @@ class Bench:
         prepared = list(self.events(settings.input_topic, total))
         stamp = next(i for i, (name, _) in enumerate(prepared[0][3]) if name == "ce_time")
         log(f"B4: publishing {rate:,} events/s for {seconds} s")
+        roles = {"router": procs[0].pid, "webhook_consumer": procs[1].pid, "receiver": sink.pid,
+                 "publisher": os.getpid()}
+        cpu_before = {name: cpu_seconds([pid]) for name, pid in roles.items()}
+        machine_before = machine_ticks()
         tick = 0.01
         per_tick = max(1, round(rate * tick))
         started = time.perf_counter()
@@ -554,7 +591,10 @@ class Bench:
             producer.poll(0)
             sent += batch
         producer.flush(30)
-        publish_rate = total / (time.perf_counter() - started)
+        took = time.perf_counter() - started
+        publish_rate = total / took
+        cpu = {name: round((cpu_seconds([pid]) - cpu_before[name]) / took * 100) for name, pid in roles.items()}
+        busy, all_ticks = (after - before for after, before in zip(machine_ticks(), machine_before, strict=True))
         # every event gives one webhook delivery; wait for all of them at the sink
         expected = total + 20
         deadline = time.monotonic() + 60
@@ -563,15 +603,25 @@ class Bench:
         for proc in procs:
             self.procs.stop(proc)
         self.procs.stop(sink)
-        latencies = json.loads(record.read_text())
-        measured = sorted(json.loads(record.read_text())[20:])
-        res.figures.update(events=total, publish_per_s=round(publish_rate), received=len(latencies) - 20,
+        received = json.loads(record.read_text())[20:]  # [arrival ms, ce_time ms, delivery id]
+        measured = sorted(arrived - sent for arrived, sent, _ in received)
+        routed = self.record_times(settings.deliver_topic("webhook"))
+        router_stage = sorted(routed[i] - sent for _, sent, i in received if i in routed)
+        delivery_stage = sorted(arrived - routed[i] for arrived, _, i in received if i in routed)
+        res.figures.update(events=total, publish_per_s=round(publish_rate), received=len(received),
                            p50_ms=pct(measured, 50), p95_ms=pct(measured, 95), p99_ms=pct(measured, 99),
-                           max_ms=round(measured[-1], 1) if measured else None)
+                           max_ms=round(measured[-1], 1) if measured else None,
+                           router_stage_p50_ms=pct(router_stage, 50), router_stage_p99_ms=pct(router_stage, 99),
+                           delivery_stage_p50_ms=pct(delivery_stage, 50),
+                           delivery_stage_p99_ms=pct(delivery_stage, 99),
+                           cpu_percent_of_a_core=cpu, machine_busy_percent=round(busy / all_ticks * 100))
+        res.notes.append("stages: publish (ce_time) to the webhook Delivery record's Kafka timestamp (taken when "
+                         "the router produced it), and from there to the receiver; CPU and machine busy while "
+                         "publishing (machine: all cores, from /proc/stat)")
         res.notes.append("publish (ce_time) to the webhook request at the receiver; ce_time has millisecond "
                          "precision; the warm-up events are left out")
-        if len(latencies) - 20 < total:
-            res.notes.append(f"only {len(latencies) - 20} of {total} webhooks arrived within 60 s after publishing")
+        if len(received) < total:
+            res.notes.append(f"only {len(received)} of {total} webhooks arrived within 60 s after publishing")
         res.target("p99 ms", pct(measured, 99), 100.0, "<=")
         self.results.append(res)
 
@@ -756,16 +806,15 @@ class _LatencyReceiver(asyncio.Protocol):
                 break
             body = buffer[end + 4:end + 4 + length]
             buffer = buffer[end + 4 + length:]
-            field_at = body.find(b'"time":"')
-            if field_at >= 0:
-                self.arrivals.append((arrived, body[field_at + 8:body.find(b'"', field_at + 8)]))
+            self.arrivals.append((arrived, body))
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
         self.buffer = buffer
 
 
 def role_latency_sink(argv: list[str]) -> int:
-    """An HTTP/1.1 server answering 200 that records, per webhook, arrival minus the body's ``time``."""
+    """An HTTP/1.1 server answering 200 that records, per webhook, its arrival, the body's ``time``
+    and ``id`` (the delivery id), all in milliseconds since the epoch but the id."""
     port, record = int(argv[0]), Path(argv[1])
     arrivals: list[tuple[float, bytes]] = []
 
@@ -776,12 +825,13 @@ def role_latency_sink(argv: list[str]) -> int:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         async with server:
             await stop.wait()
-        latencies = []
-        for arrived, text in arrivals:
-            with contextlib.suppress(ValueError):
-                sent = datetime.fromisoformat(text.decode().replace("Z", "+00:00")).timestamp()
-                latencies.append((arrived - sent) * 1000)
-        record.write_text(json.dumps(latencies))
+        received = []
+        for arrived, body in arrivals:
+            with contextlib.suppress(ValueError, KeyError):
+                webhook = json.loads(body)
+                sent = datetime.fromisoformat(webhook["time"].replace("Z", "+00:00")).timestamp()
+                received.append((arrived * 1000, sent * 1000, webhook["id"]))
+        record.write_text(json.dumps(received))
 
     asyncio.run(main())
     return 0
