@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -360,6 +361,28 @@ def test_encode_request_refuses_what_could_split_or_smuggle_a_request(method: by
     with pytest.raises(httpx.LocalProtocolError) as caught:
         encode_request(method, target, headers, b"")
     assert b"one" not in str(caught.value).encode()  # a refused value is never echoed
+
+
+@pytest.mark.parametrize(("headers", "names"), [
+    ([(b"x-ok", b"fine"), (b"x-a", b"one\r\nx-b: two")], "x-a"),
+    ([(b"x-a", b"one\r")], "x-a"),
+    ([(b"x-a", b"one\r\n")], "x-a"),
+    ([(b"x-a", b"\r\n\r\nGET / HTTP/1.1")], "x-a"),
+    ([(b"x-ok", b"v"), (b"x-a", b"nul\x00")], "x-a"),
+    ([(b"", b"v")], "b''"),
+    ([(b"x-a: b", b"v")], "b'x-a: b'"),
+    ([(b"x-a\r\nx-b", b"v")], "x-a"),
+])
+def test_encode_request_names_the_header_it_refuses(headers: list[tuple[bytes, bytes]], names: str) -> None:
+    with pytest.raises(httpx.LocalProtocolError, match=re.escape(names)) as caught:
+        encode_request(b"POST", b"/x", headers, b"")
+    assert "one" not in str(caught.value) and "nul" not in str(caught.value)
+
+
+def test_encode_request_sends_any_other_value_as_is() -> None:
+    headers = [(b"x-tab", b"a\tb"), (b"x-empty", b""), (b"x-colon", b"a: b"), (b"x-utf8", "é".encode())]
+    data = encode_request(b"PUT", b"/x", headers, b"body")
+    assert data == b"PUT /x HTTP/1.1\r\nx-tab: a\tb\r\nx-empty: \r\nx-colon: a: b\r\nx-utf8: \xc3\xa9\r\n\r\nbody"
 
 
 def test_parse_head_and_framing() -> None:
