@@ -141,6 +141,9 @@ class RouterConsumer(ConsumerLoop):
         self._ready: list[TopicPartition] = []
         """Offsets whose batches are fully written, not yet handed to the loop (a retried batch came between)."""
 
+    def on_close(self) -> None:
+        self.state.wire.close()
+
     def poll_once(self) -> None:
         super().poll_once()
         if time.monotonic() >= self._next_release:

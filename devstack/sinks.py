@@ -615,3 +615,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def redis_handshake_answer(data: bytes) -> bytes:
+    """What a stand-in Redis answers redis-py's connection handshake (``HELLO 3``, ``CLIENT SETINFO``...):
+    RESP3's map to ``HELLO`` and ``+OK`` to every other command in ``data``."""
+    hello = b"%1\r\n$5\r\nproto\r\n:3\r\n" if b"HELLO" in data else b""
+    return hello + b"+OK\r\n" * (data.count(b"\r\n*") + 1 - (1 if hello else 0))

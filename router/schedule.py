@@ -33,6 +33,7 @@ from redis.client import Pipeline
 
 from router import keys
 from router.scripts import PipelineScripts
+from router.wire import Commands
 from schemas import Delivery
 from schemas.cloudevents import parse_time
 from schemas.errors import InputError
@@ -184,7 +185,7 @@ class HeldStore:
         self._ack_item = redis.register_script(_ACK_ITEM)
         self._ack_digest = redis.register_script(_ACK_DIGEST)
 
-    def queue(self, pipe: Pipeline, holds: Iterable[Hold], digests: Iterable[DigestAdd], now: datetime,
+    def queue(self, pipe: Pipeline | Commands, holds: Iterable[Hold], digests: Iterable[DigestAdd], now: datetime,
               scripts: PipelineScripts | None = None) -> None:
         """Add the writes to ``pipe`` (the front of the router's next round trip, or a flush)."""
         run = scripts or PipelineScripts(pipe)

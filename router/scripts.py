@@ -16,11 +16,13 @@ from typing import Any
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from router.wire import Commands
+
 
 class PipelineScripts:
     """Queue scripts on one pipeline."""
 
-    def __init__(self, pipe: Pipeline) -> None:
+    def __init__(self, pipe: Pipeline | Commands) -> None:
         self.pipe = pipe
         self._loaded: set[str] = set()
 

@@ -17,9 +17,12 @@ next batch in sight the consumer sends them alone (:meth:`RouterState.flush`).
 So a batch costs one round trip whether or not it changes state.
 :meth:`RouterState.write` (fan-out pages) writes at once, in its own pipeline.
 
-Lua scripts in these pipelines go through :class:`router.scripts.PipelineScripts`
-(``SCRIPT LOAD`` queued in front of ``EVALSHA``), as redis-py's own script
-objects would add a ``SCRIPT EXISTS`` round trip.
+A "pipeline" here is a :class:`router.wire.Commands`: the commands are packed as
+they are queued and sent in one write, and their replies parsed in one pass
+(:mod:`router.wire`), without redis-py's per-command work. Lua scripts in them go
+through :class:`router.scripts.PipelineScripts` (``SCRIPT LOAD`` queued in front
+of ``EVALSHA``), as redis-py's own script objects would add a ``SCRIPT EXISTS``
+round trip.
 
 Claim ownership (DESIGN.md invariant 2): the claim's value is the Kafka
 coordinates of the record that claimed it. The same record processed again
@@ -38,7 +41,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis import Redis
-from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from router import keys
@@ -47,6 +49,7 @@ from router.recipients import Recipient
 from router.schedule import DigestAdd, HeldStore, Hold
 from router.scripts import PipelineScripts
 from router.templates import Rendered
+from router.wire import Commands, WireConnection
 
 # Delete a claim only if we still own it (used when an event is dead-lettered,
 # so that a replay after a fix is not mistaken for a duplicate).
@@ -151,6 +154,7 @@ class RouterState:
         # every batch was the larger part of a load. A changed document is parsed afresh.
         self._parsed: dict[bytes | str, Recipient] = {}
         self._release = redis.register_script(_RELEASE)
+        self.wire = WireConnection(redis)  # the batch round trip (router/wire.py)
         self.held = HeldStore(redis)
 
     def load(
@@ -169,12 +173,12 @@ class RouterState:
         dedup = list(needs.claims.items())
         content = sorted(needs.content)
         caps = sorted(needs.caps)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = Commands()
         front = self._queue(pipe, writes) if writes else 0
         for event_key, owner in claims:
             # SET key owner NX GET EX ttl, without redis-py's per-call argument handling
             pipe.execute_command("SET", keys.claim(event_key), owner, "NX", "GET", "EX", self.claim_ttl,
-                                 get=True)  # type: ignore[no-untyped-call]
+                                 get=True)
         for tenant, user in wanted:
             pipe.get(keys.recipient(tenant, user))
         for key in prefs:
@@ -229,11 +233,11 @@ class RouterState:
         """Drop claims we still own (for events that were dead-lettered), at once; how many went."""
         if not claims:
             return 0
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = Commands()
         scripts = PipelineScripts(pipe)
         for event_key, owner in claims:
             scripts(self._release, [keys.claim(event_key)], [owner])
-        return sum(int(n) for n in pipe.execute()[-len(claims):])
+        return sum(int(n) for n in self.wire.run(pipe)[-len(claims):])
 
     def write(self, caps: CapBook, content: Sequence[tuple[str, str, int | None]], holds: Sequence[Hold],
               digests: Sequence[DigestAdd], now: datetime, extra: Sequence[tuple[str, str]] = ()) -> bool:
@@ -249,11 +253,11 @@ class RouterState:
         """Send ``writes`` alone, in one pipeline; False when there was nothing to send."""
         if not writes:
             return False
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = Commands()
         self._execute(pipe, self._queue(pipe, writes), writes)
         return True
 
-    def _queue(self, pipe: Pipeline, writes: Writes) -> int:
+    def _queue(self, pipe: Commands, writes: Writes) -> int:
         """Queue ``writes`` on ``pipe``; returns how many commands that added."""
         before = len(pipe)
         for key, n in writes.caps.items():
@@ -269,7 +273,7 @@ class RouterState:
         self.held.queue(pipe, writes.holds, writes.digests, writes.now, scripts)
         return len(pipe) - before
 
-    def _execute(self, pipe: Pipeline, front: int, writes: Writes | None) -> list[Any]:
+    def _execute(self, pipe: Commands, front: int, writes: Writes | None) -> list[Any]:
         """Run ``pipe`` whose first ``front`` commands are ``writes``; the other results, or RedisError.
 
         A connection error leaves open which commands ran: ``writes`` stay unapplied and are sent
@@ -277,7 +281,7 @@ class RouterState:
         answered, every command has run: the writes are applied, and one that Redis refused
         (a wrong key type, say) would be refused again, so it is logged, not retried.
         """
-        results: list[Any] = pipe.execute(raise_on_error=False)
+        results = self.wire.run(pipe)
         if writes is not None and front:
             writes.applied = True
             refused = [r for r in results[:front] if isinstance(r, Exception)]

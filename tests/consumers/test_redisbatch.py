@@ -11,14 +11,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from consumers.redisbatch import BatchConnection, pack
+from consumers.redisbatch import BatchConnection
+from devstack.sinks import redis_handshake_answer
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def test_pack_writes_resp_arrays_of_bulk_strings() -> None:
-    assert pack(("SET", b"k\r\n", 7)) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$1\r\n7\r\n"
-    assert pack(("GET", "ключ")) == b"*2\r\n$3\r\nGET\r\n$8\r\n" + "ключ".encode() + b"\r\n"
 
 
 def test_replies_come_back_in_order_with_an_error_reply_in_its_place(redis_client: Redis, redis_url: str) -> None:
@@ -96,7 +92,7 @@ def _answering(*answers: bytes) -> tuple[Handler, list[int]]:
         answer = answers[min(len(connections), len(answers)) - 1]
         try:
             while (data := await reader.read(65536)) and b"EXISTS" not in data:
-                writer.write(b"+OK\r\n" * (data.count(b"\r\n*") + 1))  # HELLO, CLIENT SETINFO...
+                writer.write(redis_handshake_answer(data))
             if not data:
                 return
             if answer == b"hang":

@@ -26,6 +26,7 @@ from router.preferences import PreferenceStore, Switch
 from router.rules import RuleSet
 from router.subscriptions import SubscriptionStore
 from router.templates import Renderer
+from router.wire import WireConnection
 from schemas import CloudEvent, Delivery, State, Status
 
 from .conftest import Pipeline, wait_until
@@ -329,7 +330,8 @@ def test_a_batch_costs_one_redis_round_trip_even_when_it_changes_state(pipeline:
     redis = Redis(connection_pool=pool)
     router = _router(pipeline, redis)
     try:
-        redis.ping()  # open the connection first: its handshake (SELECT, CLIENT SETINFO) is not a batch's
+        router.state.load([], [("default", "nobody")])  # open the router's connection first: its handshake
+        # (HELLO, SELECT, CLIENT SETINFO) is not a batch's
         before_cmds = _commands(pipeline.redis)
         CountingConnection.sends = 0
         offsets = router.handle(batch)
@@ -348,6 +350,7 @@ def test_a_batch_costs_one_redis_round_trip_even_when_it_changes_state(pipeline:
         _publish_matches(pipeline, users, "c")
         second = _batch(pipeline, "c-", 60)
         assert len(second) == 20
+        capped.state.load([], [("default", "nobody")])  # this router's own connection, opened first
         CountingConnection.sends = 0
         try:
             assert capped.handle(second) == []  # Kafka has its output, Redis not yet its counts
@@ -412,15 +415,15 @@ def test_a_failed_round_trip_keeps_the_writes_pending_and_stores_nothing(pipelin
     _publish_matches(pipeline, users, "g")
     second = _batch(pipeline, "g-", 10)
     router = _router(pipeline, Redis.from_url(pipeline.settings.redis_url))
-    good = router.state.redis
+    good = router.state.wire
     try:
         assert router.handle(first) == []
-        router.state.redis = _nowhere()  # Redis goes away before the next batch
+        router.state.wire = WireConnection(_nowhere())  # Redis goes away before the next batch
         with pytest.raises(RetryBatch):
             router.handle(second)
         assert router.flush_pending() == []  # an idle flush cannot send them either: nothing to store
         assert _cap_counts(pipeline, users) == {}
-        router.state.redis = good  # back: the retried batch carries the first one's writes, once
+        router.state.wire = good  # back: the retried batch carries the first one's writes, once
         assert _positions(router.handle(second)) == _positions(next_offsets(first + second))
         assert _cap_counts(pipeline, users) == {u: 1 for u in users}
         assert router.flush_pending() == []

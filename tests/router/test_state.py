@@ -160,6 +160,7 @@ def test_load_sends_one_command_per_claim_and_per_distinct_recipient(state: Rout
                                                                      redis_client: Redis,
                                                                      unique: str) -> None:
     RecipientStore(redis_client).put_many([Recipient(id="u-1"), Recipient(id="u-2")])
+    state.load([], [("default", "u-0")])  # the state's connection is made (and its handshake sent) before
     # Calibrate: how many commands the measurement itself adds (the INFO calls).
     start = _processed(redis_client)
     baseline = _processed(redis_client) - start
