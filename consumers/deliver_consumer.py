@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -73,12 +74,19 @@ class _Item:
 def endpoint_of(channel: str, delivery: Delivery) -> str:
     """The provider endpoint a delivery goes to, for its circuit breaker: the scheme and
     host of a URL address (webhooks and other HTTP providers), else the channel itself
-    (one relay or one provider API for every recipient)."""
-    address = delivery.address
+    (one relay or one provider API for every recipient, or an address that is no URL)."""
+    return _endpoint(channel, delivery.address)
+
+
+@lru_cache(maxsize=4096)
+def _endpoint(channel: str, address: str) -> str:
     if "://" in address:
-        parts = urlsplit(address)
-        if parts.hostname:
+        try:
+            parts = urlsplit(address)
             port = f":{parts.port}" if parts.port else ""
+        except ValueError:  # a port out of range or not a number: the channel refuses the address itself
+            return channel
+        if parts.hostname:
             return f"{channel}:{parts.scheme}://{parts.hostname}{port}"
     return channel
 
