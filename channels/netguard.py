@@ -82,6 +82,9 @@ class Target:
     destination: Destination
     """``url`` parsed for the transport, once per accepted target."""
 
+    def __repr__(self) -> str:  # the URL's path and query can hold a token: show the masked origin only
+        return f"Target({self.destination.masked()!r}, host={self.host!r}, address={str(self.address)!r})"
+
 
 class NetworkGuard:
     """Resolves a URL's host and refuses non-public addresses outside the allow-list."""

@@ -84,6 +84,15 @@ def test_the_target_keeps_the_name_and_pins_the_checked_address() -> None:
     assert target.url.host == str(target.address)
 
 
+def test_the_targets_repr_shows_no_path_or_query() -> None:
+    """A webhook URL can carry its secret in the path or the query; a target that ends up in a log line
+    or a traceback must not show it."""
+    url = httpx.URL("http://127.0.0.1:8080/hooks/T0KEN-SECRET?sig=QUERY-SECRET")
+    target = asyncio.run(NetworkGuard(["127.0.0.0/8"]).resolve(url))
+    shown = repr(target)
+    assert "SECRET" not in shown and "127.0.0.1:8080" in shown
+
+
 def test_an_unresolvable_name_is_transient() -> None:
     from schemas.errors import TransientError
 
