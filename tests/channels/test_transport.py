@@ -50,6 +50,21 @@ def fixed(answer: bytes, keep: bool = True, delay: float = 0.0) -> Answer:
 answer_ok = fixed(OK)
 
 
+def silent_first() -> Answer:
+    """Say nothing to the first request (for 5 s, longer than any test's read timeout), ``OK`` to the rest."""
+    calls = 0
+
+    async def write(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(5)
+        writer.write(OK)
+        return True
+
+    return write
+
+
 @asynccontextmanager
 async def http_server(answer: Answer = answer_ok, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
     state = Server(port=0)
@@ -215,17 +230,7 @@ async def test_a_closed_port_is_a_connect_error(closed_port: int) -> None:
 
 @in_loop
 async def test_silence_is_a_read_timeout_and_frees_the_slot() -> None:
-    calls = 0
-
-    async def silent_once(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.sleep(5)
-        writer.write(OK)
-        return True
-
-    async with http_server(silent_once) as server, client(max_connections=1, timeout=0.3) as http:
+    async with http_server(silent_first()) as server, client(max_connections=1, timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):
             await http.post(server.url(), content=b"{}")
         assert (await http.post(server.url(), content=b"{}")).status_code == 200  # the one slot came back
@@ -481,17 +486,7 @@ async def test_a_direct_request_to_a_server_that_hangs_up_is_a_protocol_error_an
 
 @in_loop
 async def test_a_direct_read_timeout_frees_the_slot_and_drops_the_connection() -> None:
-    calls = 0
-
-    async def silent_once(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.sleep(5)
-        writer.write(OK)
-        return True
-
-    async with http_server(silent_once) as server, transport(max_connections=1) as pool:
+    async with http_server(silent_first()) as server, transport(max_connections=1) as pool:
         where = destination(server.url())
         with pytest.raises(httpx.ReadTimeout):
             await pool.request(b"POST", where, [], b"{}", {**TIMEOUTS, "read": 0.3})
