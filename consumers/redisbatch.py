@@ -24,16 +24,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from router.wire import Arg, pack
-
-_READ = 65536
+from router.wire import READ_SIZE, Arg, Replies, pack, read_errors
 
 
 class BatchConnection:
@@ -66,27 +61,13 @@ class BatchConnection:
         stream = getattr(conn, "_reader", None)  # redis-py's asyncio.StreamReader of this connection
         if not isinstance(stream, asyncio.StreamReader):
             raise RedisConnectionError("the Redis connection has no stream to read replies from")
-        parser = hiredis.Reader(replyError=ResponseError)
-        replies: list[Any] = []
+        replies = Replies(count)
         timeout = getattr(conn, "socket_timeout", None)
-        try:
+        with read_errors(timeout):
             async with asyncio.timeout(timeout):
-                while len(replies) < count:
-                    data = await stream.read(_READ)
-                    if not data:
-                        raise RedisConnectionError("Redis closed the connection before every reply arrived")
-                    parser.feed(data)
-                    while (reply := parser.gets()) is not False:
-                        replies.append(reply)
-        except TimeoutError as exc:
-            raise RedisTimeoutError(f"no reply from Redis within {timeout} s") from exc
-        except hiredis.ProtocolError as exc:
-            raise RedisConnectionError(f"Redis answered something that is not RESP: {exc}") from exc
-        except OSError as exc:
-            raise RedisConnectionError(f"reading from Redis failed: {type(exc).__name__}") from exc
-        if len(replies) != count:
-            raise RedisConnectionError(f"Redis sent {len(replies)} replies to {count} commands")
-        return replies
+                while not replies.add(await stream.read(READ_SIZE)):
+                    pass
+        return replies.replies
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None

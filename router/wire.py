@@ -21,7 +21,8 @@ out, an answer that is not RESP) is closed and redis-py's ``ConnectionError`` or
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import hiredis
@@ -32,7 +33,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
-_READ = 65536
+READ_SIZE = 65536
+"""Bytes asked of the connection per read."""
 
 
 def pack(command: Sequence[Arg]) -> bytes:
@@ -95,6 +97,41 @@ class Commands:
         return self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
 
 
+class Replies:
+    """The replies to ``count`` commands, parsed from what the connection reads by one hiredis reader."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.replies: list[Any] = []
+        self._parser = hiredis.Reader(replyError=ResponseError)
+
+    def add(self, data: bytes) -> bool:
+        """Parse one read; True once every reply is in. Raises redis-py's ConnectionError when the
+        connection ended (``data`` empty), the answer is not RESP, or more replies came than commands."""
+        if not data:
+            raise RedisConnectionError("Redis closed the connection before every reply arrived")
+        try:
+            self._parser.feed(data)
+            while (reply := self._parser.gets()) is not False:
+                self.replies.append(reply)
+        except hiredis.ProtocolError as exc:
+            raise RedisConnectionError(f"Redis answered something that is not RESP: {exc}") from exc
+        if len(self.replies) > self.count:
+            raise RedisConnectionError(f"Redis sent {len(self.replies)} replies to {self.count} commands")
+        return len(self.replies) == self.count
+
+
+@contextmanager
+def read_errors(timeout: float | None) -> Iterator[None]:
+    """Reading replies: a timeout becomes redis-py's TimeoutError, any other socket error its ConnectionError."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise RedisTimeoutError(f"no reply from Redis within {timeout} s") from exc
+    except OSError as exc:
+        raise RedisConnectionError(f"reading from Redis failed: {type(exc).__name__}") from exc
+
+
 class WireConnection:
     """One connection of ``redis``'s pool, kept for the router's round trips; see the module's docstring."""
 
@@ -127,25 +164,11 @@ class WireConnection:
         sock = getattr(conn, "_sock", None)  # redis-py's socket of this connection
         if not isinstance(sock, socket.socket):
             raise RedisConnectionError("the Redis connection has no socket to read replies from")
-        parser = hiredis.Reader(replyError=ResponseError)
-        replies: list[Any] = []
-        try:
-            while len(replies) < count:
-                data = sock.recv(_READ)
-                if not data:
-                    raise RedisConnectionError("Redis closed the connection before every reply arrived")
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    replies.append(reply)
-        except TimeoutError as exc:  # the socket's timeout is the client's socket_timeout
-            raise RedisTimeoutError(f"no reply from Redis within {sock.gettimeout()} s") from exc
-        except hiredis.ProtocolError as exc:
-            raise RedisConnectionError(f"Redis answered something that is not RESP: {exc}") from exc
-        except OSError as exc:
-            raise RedisConnectionError(f"reading from Redis failed: {type(exc).__name__}") from exc
-        if len(replies) != count:
-            raise RedisConnectionError(f"Redis sent {len(replies)} replies to {count} commands")
-        return replies
+        replies = Replies(count)
+        with read_errors(sock.gettimeout()):  # the socket's timeout is the client's socket_timeout
+            while not replies.add(sock.recv(READ_SIZE)):
+                pass
+        return replies.replies
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
