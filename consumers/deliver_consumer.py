@@ -49,6 +49,7 @@ from consumers.redisbatch import BatchConnection
 from consumers.retry import GiveUp, RetryPlan, RetryState, Tier, plan_retry, retry_headers
 from consumers.settings import Settings
 from router import keys
+from router.wire import Commands
 from schemas import Catalog, Delivery, State, Status
 from schemas.errors import DecodeError, DeliveryError, PermanentError, RateLimitedError
 
@@ -206,28 +207,25 @@ class DeliverConsumer(ConsumerLoop):
         return _storable(items)
 
     async def _sent_marks(self, items: list[_Item]) -> list[bool]:
-        if not items:
-            return []
-        replies = await self.batch.run([("EXISTS", keys.sent(i.delivery.tenant, i.delivery.recipient_id,
-                                                              i.delivery.delivery_id))
-                                        for i in items if i.delivery is not None])
-        return [bool(_checked(reply)) for reply in replies]
+        checks = Commands()
+        for i in items:
+            d = i.delivery
+            assert d is not None
+            checks.execute_command("EXISTS", keys.sent(d.tenant, d.recipient_id, d.delivery_id))
+        return [bool(_checked(reply)) for reply in await self.batch.run(checks)]
 
     async def _mark_sent(self, items: list[_Item]) -> None:
-        ttl = self.settings.sent_ttl_seconds
-        marks = [("SET", keys.sent(i.delivery.tenant, i.delivery.recipient_id, i.delivery.delivery_id),
-                  (i.sent.provider_id if i.sent else None) or "1", "EX", ttl)
-                 for i in items if i.delivery is not None]
-        if self.fallbacks.inbox is None:  # no unread fallbacks to queue: the lean batch
-            for reply in await self.batch.run(marks):
-                _checked(reply)
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for command in marks:
-            pipe.execute_command(*command)
-        await self.fallbacks.queue_unread(pipe, [i.delivery for i in items if i.delivery is not None],
-                                          datetime.now(UTC))
-        await pipe.execute()
+        """The sent marks of ``items``, and the in-app consumer's unread fallbacks, in one lean batch."""
+        marks = Commands()
+        deliveries = [i.delivery for i in items if i.delivery is not None]
+        for i in items:
+            d = i.delivery
+            assert d is not None
+            marks.set(keys.sent(d.tenant, d.recipient_id, d.delivery_id),
+                      (i.sent.provider_id if i.sent else None) or "1", ex=self.settings.sent_ttl_seconds)
+        self.fallbacks.queue_unread(marks, deliveries, datetime.now(UTC))
+        for reply in await self.batch.run(marks):
+            _checked(reply)
 
     async def _mark_sent_until_ok(self, items: list[_Item], first: RedisError) -> None:
         log.error("writing %d sent mark(s) failed (%s); retrying until Redis answers", len(items), first)

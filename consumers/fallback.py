@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from channels.base import Channel
@@ -42,6 +41,8 @@ from consumers.kafka import ProduceError
 from router import keys
 from router.fallback import Step, next_after_failure, released, unread_step, unread_verdict
 from router.lanes import lane_for
+from router.scripts import PipelineScripts
+from router.wire import Commands
 from schemas import Delivery, State, Status
 from schemas.errors import DecodeError
 
@@ -132,9 +133,10 @@ class Fallbacks:
 
     # -- unread ------------------------------------------------------------------
 
-    async def queue_unread(self, pipe: Pipeline, deliveries: Sequence[Delivery], now: datetime) -> int:
+    def queue_unread(self, pipe: Commands, deliveries: Sequence[Delivery], now: datetime) -> int:
         """Add the unread steps of stored in-app deliveries to ``pipe`` (the sent-mark round trip)."""
         n = 0
+        scripts = PipelineScripts(pipe)
         for d in deliveries:
             try:
                 step = unread_step(d)
@@ -144,8 +146,8 @@ class Fallbacks:
             if step is None:
                 continue
             doc = json.dumps({"item": d.delivery_id, "step": step.to_json()}, separators=(",", ":"))
-            await self._queue(keys=[keys.unread_due(), keys.unread_item(d.delivery_id)],
-                        args=[d.delivery_id, _ms(now + step.after), doc], client=pipe)
+            scripts(self._queue, [keys.unread_due(), keys.unread_item(d.delivery_id)],
+                    [d.delivery_id, _ms(now + step.after), doc])
             n += 1
         return n
 

@@ -1,12 +1,13 @@
 """A batch of Redis commands in one write, every reply parsed in one pass.
 
 A channel consumer sends Redis two kinds of batch: an ``EXISTS`` per delivery (is it
-marked sent?) and a ``SET`` per sent mark. Through redis-py's asyncio pipeline each
-command costs about 25 us of CPU on the benchmark machine: its argument handling,
-observability hooks, and one coroutine and parser call per reply. Here the commands
-are packed in one buffer, written at once, and what comes back is fed to one hiredis
-reader: a batch of 100 ``EXISTS`` went from about 2.8 ms to 0.7 ms of CPU, one of 10
-from 0.54 to 0.17 ms.
+marked sent?) and a ``SET`` per sent mark (with the in-app consumer's unread-fallback
+script calls). Both are queued on a :class:`router.wire.Commands`, the router's queue.
+Through redis-py's asyncio pipeline each command costs about 25 us of CPU on the
+benchmark machine: its argument handling, observability hooks, and one coroutine and
+parser call per reply. Here the commands are packed as they are queued, written at
+once, and what comes back is fed to one hiredis reader: a batch of 100 ``EXISTS`` went
+from about 2.8 ms to 0.4 ms of CPU, one of 10 from 0.51 to 0.15 ms.
 
 The connection is redis-py's own (made by the client's pool, so the URL, credentials,
 database, TLS and timeouts are the client's), kept aside for batches and used by one
@@ -21,14 +22,13 @@ with ``raise_on_error=False`` does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from router.wire import READ_SIZE, Arg, Replies, pack, read_errors
+from router.wire import READ_SIZE, Commands, Replies, read_errors
 
 
 class BatchConnection:
@@ -39,11 +39,11 @@ class BatchConnection:
         self._conn: AbstractConnection | None = None
         self._lock = asyncio.Lock()
 
-    async def run(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        """Send ``commands`` in one write; their replies, in order (error replies as ResponseError)."""
-        if not commands:
+    async def run(self, commands: Commands) -> list[Any]:
+        """Send the queued ``commands`` in one write; their replies, in order (error replies as ResponseError)."""
+        if not commands.packed:
             return []
-        payload = b"".join([pack(c) for c in commands])
+        payload = b"".join(commands.packed)
         async with self._lock:
             conn = self._conn
             if conn is None:
@@ -52,7 +52,7 @@ class BatchConnection:
                 if not conn.is_connected:
                     await conn.connect()
                 await conn.send_packed_command(payload, check_health=False)
-                return await self._replies(conn, len(commands))
+                return commands.converted(await self._replies(conn, len(commands)))
             except BaseException:
                 await conn.disconnect()
                 raise

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.client import Pipeline
-from redis.commands.core import Script
+from redis.commands.core import AsyncScript, Script
 
 from router.wire import Commands
 
@@ -26,7 +26,7 @@ class PipelineScripts:
         self.pipe = pipe
         self._loaded: set[str] = set()
 
-    def __call__(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+    def __call__(self, script: Script | AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> None:
         if script.sha not in self._loaded:
             self.pipe.script_load(script.script)
             self._loaded.add(script.sha)

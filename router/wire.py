@@ -63,6 +63,13 @@ class Commands:
     def __len__(self) -> int:
         return len(self.packed)
 
+    def converted(self, replies: list[Any]) -> list[Any]:
+        """``replies`` (to these commands, in order) with the conversions they asked for applied."""
+        for index, convert in self.converters.items():
+            if not isinstance(replies[index], ResponseError):
+                replies[index] = convert(replies[index])
+        return replies
+
     def execute_command(self, *args: Arg, **_options: Any) -> Commands:
         self.packed.append(pack(args))
         return self
@@ -155,10 +162,7 @@ class WireConnection:
         except BaseException:
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
-        for index, convert in commands.converters.items():
-            if not isinstance(replies[index], ResponseError):
-                replies[index] = convert(replies[index])
-        return replies
+        return commands.converted(replies)
 
     def _replies(self, conn: ConnectionInterface, count: int) -> list[Any]:
         sock = getattr(conn, "_sock", None)  # redis-py's socket of this connection

@@ -13,8 +13,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumers.redisbatch import BatchConnection
 from devstack.sinks import redis_handshake_answer
+from router.wire import Commands
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def queued(*commands: tuple[str | int, ...]) -> Commands:
+    out = Commands()
+    for command in commands:
+        out.execute_command(*command)
+    return out
 
 
 def test_replies_come_back_in_order_with_an_error_reply_in_its_place(redis_client: Redis, redis_url: str) -> None:
@@ -25,8 +33,8 @@ def test_replies_come_back_in_order_with_an_error_reply_in_its_place(redis_clien
         client = AsyncRedis.from_url(redis_url, socket_timeout=5)
         batch = BatchConnection(client)
         try:
-            return await batch.run([("EXISTS", "present"), ("EXISTS", "absent"), ("SET", "new", "1", "EX", 60),
-                                    ("GET", "a-hash"), ("GET", "new"), ("INCRBY", "counter", 5)])
+            return await batch.run(queued(("EXISTS", "present"), ("EXISTS", "absent"), ("SET", "new", "1", "EX", 60),
+                                          ("GET", "a-hash"), ("GET", "new"), ("INCRBY", "counter", 5)))
         finally:
             await batch.aclose()
             await client.aclose()
@@ -46,8 +54,8 @@ def test_a_large_batch_spans_many_reads_and_uses_the_clients_database(redis_clie
         client = AsyncRedis.from_url(redis_url, socket_timeout=5)
         batch = BatchConnection(client)
         try:
-            first = await batch.run([("GET", f"key-{i}") for i in range(n)])
-            second = await batch.run([("SET", f"key-{i}", "y") for i in range(3)])  # the same connection again
+            first = await batch.run(queued(*[("GET", f"key-{i}") for i in range(n)]))
+            second = await batch.run(queued(*[("SET", f"key-{i}", "y") for i in range(3)]))  # the same connection again
             return first, second
         finally:
             await batch.aclose()
@@ -70,7 +78,7 @@ async def _serve(handler: Handler, commands: list[tuple[str, ...]]) -> tuple[lis
     try:
         for _ in range(2):
             try:
-                results.append(await batch.run(commands))
+                results.append(await batch.run(queued(*commands)))
             except Exception as exc:
                 errors.append(exc)
     finally:
@@ -150,7 +158,7 @@ def test_a_refused_connection_raises_connection_error() -> None:
         client = AsyncRedis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=2)
         batch = BatchConnection(client)
         try:
-            await batch.run([("EXISTS", "a")])
+            await batch.run(queued(("EXISTS", "a")))
         except RedisConnectionError as exc:
             return exc
         finally:
