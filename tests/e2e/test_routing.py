@@ -380,11 +380,17 @@ def test_a_batch_costs_one_redis_round_trip_even_when_it_changes_state(pipeline:
         redis.close()
 
 
-def test_pending_writes_go_out_alone_when_no_batch_follows(pipeline: Pipeline) -> None:
-    users = [f"u-{i}" for i in range(5)]
+def _capped_matches(pipeline: Pipeline, n: int, tag: str) -> list[str]:
+    """``n`` recipients under the one-an-hour cap, and one match event each (ids ``<tag>-<i>``)."""
+    users = [f"u-{i}" for i in range(n)]
     pipeline.recipients(*(person(u) for u in users))
     pipeline.settings.rules.write_text(yaml.safe_dump(CAPPED))
-    _publish_matches(pipeline, users, "i")
+    _publish_matches(pipeline, users, tag)
+    return users
+
+
+def test_pending_writes_go_out_alone_when_no_batch_follows(pipeline: Pipeline) -> None:
+    users = _capped_matches(pipeline, 5, "i")
     batch = _consume(pipeline, 5)
     router = _router(pipeline, Redis.from_url(pipeline.settings.redis_url))
     try:
@@ -407,10 +413,7 @@ def _nowhere() -> Redis:
 
 
 def test_a_failed_round_trip_keeps_the_writes_pending_and_stores_nothing(pipeline: Pipeline) -> None:
-    users = [f"u-{i}" for i in range(5)]
-    pipeline.recipients(*(person(u) for u in users))
-    pipeline.settings.rules.write_text(yaml.safe_dump(CAPPED))
-    _publish_matches(pipeline, users, "f")
+    users = _capped_matches(pipeline, 5, "f")
     first = _batch(pipeline, "f-", 5)
     _publish_matches(pipeline, users, "g")
     second = _batch(pipeline, "g-", 10)
@@ -455,10 +458,7 @@ def _ends(pipeline: Pipeline) -> dict[int, int]:
 
 
 def test_a_router_gone_before_its_writes_went_out_is_replaced_and_counts_once(pipeline: Pipeline) -> None:
-    users = [f"u-{i}" for i in range(6)]
-    pipeline.recipients(*(person(u) for u in users))
-    pipeline.settings.rules.write_text(yaml.safe_dump(CAPPED))
-    _publish_matches(pipeline, users, "r")
+    users = _capped_matches(pipeline, 6, "r")
     ends = _ends(pipeline)
     # The first router reads the batch in the router group, routes it (Kafka acknowledged its
     # output) and is gone before a flush: no offsets stored, no counts written.
