@@ -10,7 +10,7 @@ it from going out twice.
 
 Unread: when an in-app delivery with an ``unread`` step is stored in the inbox,
 :meth:`Fallbacks.queue_unread` adds the step to a Redis sorted set due
-``after`` later, in the same pipeline as the in-app sent mark. The in-app
+``after`` later, in the same round trip as the in-app sent mark. The in-app
 consumer looks for due steps about once a second (:meth:`Fallbacks.release_unread`):
 one Lua script takes what is due and leases it, so another replica does not
 see it; each step's in-app item is checked with ``InboxStore.is_unread``; still
