@@ -74,15 +74,16 @@ from schemas.cloudevents import format_time  # noqa: E402
 SCALES: dict[str, dict[str, int]] = {
     # b1: events pre-loaded for the router; b2: webhook deliveries; b2_rq: jobs for the RQ peer
     # (a slower peer gets fewer, and its rate is compared); b3: emails; b3_peer: smtplib messages;
-    # b4_rate and b4_seconds: the fixed-rate latency run.
+    # b4_rate, b4_seconds and b4_runs: the fixed-rate latency runs (pooled: one run's p99 swings
+    # between about 90 and 400 ms on the shared 2-core machine).
     # "standard" (the default) fits in 10 minutes on a 2-core machine shared with other work;
     # "full" has the sizes the benchmarks were specified with and needs a quiet machine for that.
     "standard": {"b1": 50_000, "b2": 6_000, "b2_rq": 200, "b3": 6_000, "b3_peer": 1_500,
-                 "b4_rate": 1_000, "b4_seconds": 60, "users": 1_000},
+                 "b4_rate": 1_000, "b4_seconds": 60, "b4_runs": 3, "users": 1_000},
     "full": {"b1": 200_000, "b2": 50_000, "b2_rq": 2_000, "b3": 20_000, "b3_peer": 4_000,
-             "b4_rate": 1_000, "b4_seconds": 60, "users": 1_000},
+             "b4_rate": 1_000, "b4_seconds": 60, "b4_runs": 3, "users": 1_000},
     "quick": {"b1": 2_000, "b2": 500, "b2_rq": 50, "b3": 200, "b3_peer": 50,
-              "b4_rate": 100, "b4_seconds": 3, "users": 50},
+              "b4_rate": 100, "b4_seconds": 3, "b4_runs": 1, "users": 50},
 }
 ALL = ("B1", "B2", "B3", "B4", "B6")  # B5 is measured during B1 and B2
 WAIT_LIMIT = 600.0
@@ -545,21 +546,55 @@ class Bench:
     # -- B4 --
 
     def b4(self) -> None:
-        rate, seconds = self.size["b4_rate"], self.size["b4_seconds"]
-        res = Result("B4", f"end-to-end latency at {rate:,} events/s for {seconds} s")
+        rate, seconds, runs = self.size["b4_rate"], self.size["b4_seconds"], self.size["b4_runs"]
+        res = Result("B4", f"end-to-end latency at {rate:,} events/s for {seconds} s"
+                     + (f", {runs} runs pooled" if runs > 1 else ""))
+        done = [self._b4_run(rate, seconds, i, runs) for i in range(runs)]
+        measured = sorted(v for run in done for v in run["latencies"])
+        router_stage = sorted(v for run in done for v in run["router_stage"])
+        delivery_stage = sorted(v for run in done for v in run["delivery_stage"])
+        total = rate * seconds * runs
+        received = sum(len(run["latencies"]) for run in done)
+        res.figures.update(events=total, publish_per_s=min(run["publish_per_s"] for run in done), received=received,
+                           p50_ms=pct(measured, 50), p95_ms=pct(measured, 95), p99_ms=pct(measured, 99),
+                           max_ms=round(measured[-1], 1) if measured else None,
+                           router_stage_p50_ms=pct(router_stage, 50), router_stage_p99_ms=pct(router_stage, 99),
+                           delivery_stage_p50_ms=pct(delivery_stage, 50),
+                           delivery_stage_p99_ms=pct(delivery_stage, 99))
+        if runs > 1:
+            res.figures.update(runs=runs, p50_ms_per_run=[pct(sorted(run["latencies"]), 50) for run in done],
+                               p99_ms_per_run=[pct(sorted(run["latencies"]), 99) for run in done])
+        res.figures.update(cpu_percent_of_a_core=done[-1]["cpu"] if runs == 1 else [run["cpu"] for run in done],
+                           machine_busy_percent=done[-1]["busy"] if runs == 1 else [run["busy"] for run in done])
+        res.notes.append("stages: publish (ce_time) to the webhook Delivery record's Kafka timestamp (taken when "
+                         "the router produced it), and from there to the receiver; CPU and machine busy while "
+                         "publishing (machine: all cores, from /proc/stat)")
+        res.notes.append("publish (ce_time) to the webhook request at the receiver; ce_time has millisecond "
+                         "precision; the warm-up events are left out")
+        if runs > 1:
+            res.notes.append(f"{runs} runs one after the other, each with its own router, webhook consumer, topics "
+                             "and receiver; the percentiles are over every event of every run (a bad run weighs "
+                             "in whole), the per-run figures show the spread")
+        if received < total:
+            res.notes.append(f"only {received} of {total} webhooks arrived within 60 s after publishing")
+        res.target("p99 ms", pct(measured, 99), 100.0, "<=")
+        self.results.append(res)
+
+    def _b4_run(self, rate: int, seconds: int, run: int, runs: int) -> dict[str, Any]:
+        """One fixed-rate run: latencies (ms) of every webhook, its two stages, CPU while publishing."""
         port = infra.free_port()
-        record = self.work / "latencies.json"
-        sink = self.helper("latency-sink", "latency-sink", str(port), str(record))
+        record = self.work / f"latencies-{run}.json"
+        sink = self.helper(f"latency-sink-{run}", "latency-sink", str(port), str(record))
         wait_port(port)
         self.recipients(f"http://127.0.0.1:{port}/hook")
-        settings = self.settings("b4")
+        settings = self.settings(f"b4r{run}")
         create_topics(settings, ["email", "webhook"])
-        procs = [self.tidings("b4-router", settings, "router"),
-                 self.tidings("b4-webhook", settings, "deliver", "webhook")]
+        procs = [self.tidings(f"b4-router-{run}", settings, "router"),
+                 self.tidings(f"b4-webhook-{run}", settings, "deliver", "webhook")]
         producer = self.producer()
         # Warm up: a handful of events go through before the clock starts, so that
         # group joins and first connections are not counted as latency.
-        log("B4: warming up the router and the webhook consumer")
+        log(f"B4: warming up the router and the webhook consumer (run {run + 1} of {runs})")
         self.produce_all(producer, self.events(settings.input_topic, 20, start=10_000_000))
         # per event: 2 "routed" status events from the router, 1 "delivered" from the webhook consumer
         self.wait_count([settings.status_topic], 3 * 20, procs, limit=120, every=0.2)
@@ -592,7 +627,6 @@ class Bench:
             sent += batch
         producer.flush(30)
         took = time.perf_counter() - started
-        publish_rate = total / took
         cpu = {name: round((cpu_seconds([pid]) - cpu_before[name]) / took * 100) for name, pid in roles.items()}
         busy, all_ticks = (after - before for after, before in zip(machine_ticks(), machine_before, strict=True))
         # every event gives one webhook delivery; wait for all of them at the sink
@@ -604,26 +638,11 @@ class Bench:
             self.procs.stop(proc)
         self.procs.stop(sink)
         received = json.loads(record.read_text())[20:]  # [arrival ms, ce_time ms, delivery id]
-        measured = sorted(arrived - sent for arrived, sent, _ in received)
         routed = self.record_times(settings.deliver_topic("webhook"))
-        router_stage = sorted(routed[i] - sent for _, sent, i in received if i in routed)
-        delivery_stage = sorted(arrived - routed[i] for arrived, _, i in received if i in routed)
-        res.figures.update(events=total, publish_per_s=round(publish_rate), received=len(received),
-                           p50_ms=pct(measured, 50), p95_ms=pct(measured, 95), p99_ms=pct(measured, 99),
-                           max_ms=round(measured[-1], 1) if measured else None,
-                           router_stage_p50_ms=pct(router_stage, 50), router_stage_p99_ms=pct(router_stage, 99),
-                           delivery_stage_p50_ms=pct(delivery_stage, 50),
-                           delivery_stage_p99_ms=pct(delivery_stage, 99),
-                           cpu_percent_of_a_core=cpu, machine_busy_percent=round(busy / all_ticks * 100))
-        res.notes.append("stages: publish (ce_time) to the webhook Delivery record's Kafka timestamp (taken when "
-                         "the router produced it), and from there to the receiver; CPU and machine busy while "
-                         "publishing (machine: all cores, from /proc/stat)")
-        res.notes.append("publish (ce_time) to the webhook request at the receiver; ce_time has millisecond "
-                         "precision; the warm-up events are left out")
-        if len(received) < total:
-            res.notes.append(f"only {len(received)} of {total} webhooks arrived within 60 s after publishing")
-        res.target("p99 ms", pct(measured, 99), 100.0, "<=")
-        self.results.append(res)
+        return {"latencies": [arrived - sent for arrived, sent, _ in received],
+                "router_stage": [routed[i] - sent for _, sent, i in received if i in routed],
+                "delivery_stage": [arrived - routed[i] for arrived, _, i in received if i in routed],
+                "publish_per_s": round(total / took), "cpu": cpu, "busy": round(busy / all_ticks * 100)}
 
     # -- B5 --
 
