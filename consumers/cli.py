@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -365,6 +366,15 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     store = InboxStore(redis, max_items=settings.inbox_max_items, stream_length=settings.inbox_stream_length)
     app = create_app(store, secret, heartbeat=settings.inbox_heartbeat_seconds,
                      max_streams=settings.inbox_max_streams)
+    if settings.metrics_port >= 0:
+        from consumers.metrics import serve_inbox_metrics
+
+        log = logging.getLogger("tidings.inbox")
+        try:
+            metrics = serve_inbox_metrics(app.state, settings.metrics_host, settings.metrics_port)
+            log.info("/metrics on port %d", metrics.server_address[1])
+        except OSError as exc:  # the API matters more than its metrics, as for the consumers
+            log.warning("metrics not served on port %d: %s", settings.metrics_port, exc)
     host = args.host or settings.inbox_host
     port = settings.inbox_port if args.port is None else args.port
     # No access log: the live stream carries the user token in its query string.

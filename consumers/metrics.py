@@ -6,10 +6,13 @@ or a fixed skip reason), never a user or delivery id.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -181,3 +184,40 @@ def partition_lag(p: Mapping[str, Any]) -> int | None:
     if isinstance(start, int) and start >= 0:
         return max(end - start, 0)
     return None
+
+
+class InboxStreams(Collector):
+    """The inbox API's live streams (``tidings inbox serve``), read from the app's state when scraped.
+
+    The inbox is a separate process with its own registry: it exports these three and none of
+    the consumers' metrics.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self.state = state  # the FastAPI app's state: open_streams, max_streams, refused_streams
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("tidings_inbox_streams_open", "Live inbox streams (SSE) open on this server.",
+                                value=self.state.open_streams)
+        yield GaugeMetricFamily("tidings_inbox_streams_max",
+                                "The most live streams this server takes (TIDINGS_INBOX_MAX_STREAMS).",
+                                value=self.state.max_streams)
+        yield CounterMetricFamily("tidings_inbox_streams_refused",
+                                  "Live streams refused (503) because the server had its most open.",
+                                  value=self.state.refused_streams)
+
+
+def inbox_registry(state: Any) -> CollectorRegistry:
+    """A registry holding the inbox API's metrics, read from ``state`` (the app's ``app.state``)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(InboxStreams(state))
+    return registry
+
+
+def serve_inbox_metrics(state: Any, host: str, port: int) -> WSGIServer:
+    """Serve the inbox's ``/metrics`` on ``host:port`` (0: a free port) from a daemon thread.
+
+    A port of its own, like the consumers' metrics port: the API port faces users.
+    """
+    server, _thread = start_http_server(port, addr=host, registry=inbox_registry(state))
+    return server

@@ -81,7 +81,10 @@ def create_app(store: InboxStore, secret: str, *, heartbeat: float = 15.0, max_s
             await store.redis.aclose()
 
     app = FastAPI(title="Tidings inbox", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # Read by the inbox's metrics (consumers/metrics.py, InboxStreams) when they are scraped.
     app.state.open_streams = 0
+    app.state.max_streams = max_streams
+    app.state.refused_streams = 0
 
     def now() -> datetime:
         return datetime.fromtimestamp(clock(), UTC)
@@ -154,6 +157,7 @@ def create_app(store: InboxStore, secret: str, *, heartbeat: float = 15.0, max_s
             except ValueError:
                 raise HTTPException(400, "Last-Event-ID / since must be an event id from this stream") from None
         if app.state.open_streams >= max_streams:
+            app.state.refused_streams += 1
             raise HTTPException(503, "too many live streams on this server; retry later",
                                 headers={"retry-after": "5"})
         return StreamingResponse(_events(who, last), media_type="text/event-stream",

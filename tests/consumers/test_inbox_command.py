@@ -53,9 +53,10 @@ def test_without_a_secret_nothing_starts(env: dict[str, str]) -> None:
 
 @pytest.mark.integration
 def test_serve_answers_on_its_port_and_stops_on_sigterm(env: dict[str, str], redis_client: Redis) -> None:
-    port = infra.free_port()
+    port, metrics_port = infra.free_port(), infra.free_port()
     proc = subprocess.Popen([sys.executable, "-m", "consumers.cli", "inbox", "serve", "--port", str(port)],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env={**env, "TIDINGS_METRICS_PORT": str(metrics_port)}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -75,6 +76,8 @@ def test_serve_answers_on_its_port_and_stops_on_sigterm(env: dict[str, str], red
         with httpx.stream("GET", f"{base}/api/inbox/stream", params={"access_token": token}, timeout=5) as live:
             lines = live.iter_lines()
             assert next(line for line in lines if line.startswith("event:")) == "event: hello"
+            scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+            assert "tidings_inbox_streams_open 1.0" in scrape.splitlines()
             proc.send_signal(signal.SIGTERM)  # with a live stream open
             assert proc.wait(timeout=20) == 0
     finally:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import promql_parser
 
-from consumers.metrics import REGISTRY
+from consumers.metrics import REGISTRY, inbox_registry
 
 # Series that Prometheus itself writes for every target.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
@@ -47,7 +48,8 @@ def metric_names(expr: str) -> set[str]:
 def registry_series() -> set[str]:
     """Every series name the project's metrics expose, suffixes included."""
     names: set[str] = set()
-    for metric in REGISTRY.collect():
+    inbox = inbox_registry(SimpleNamespace(open_streams=0, max_streams=1, refused_streams=0))  # the inbox API's
+    for metric in [*REGISTRY.collect(), *inbox.collect()]:
         if metric.type == "counter":
             names.add(f"{metric.name}_total")
         elif metric.type == "histogram":

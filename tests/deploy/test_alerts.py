@@ -58,7 +58,8 @@ def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
 def test_the_alerts_the_issue_asks_for_exist() -> None:
     names = {r["alert"] for r in rules()}
     assert names == {"TidingsConsumerDown", "TidingsNotScraped", "TidingsLagGrowing", "TidingsDeadLetters",
-                     "TidingsDeliveryFailureRatioHigh", "TidingsEndToEndLatencyHigh", "TidingsCircuitBreakerOpen"}
+                     "TidingsDeliveryFailureRatioHigh", "TidingsEndToEndLatencyHigh", "TidingsCircuitBreakerOpen",
+                     "TidingsInboxStreamsRefused"}
 
 
 @pytest.mark.parametrize("rule", rules(), ids=[r["alert"] for r in rules()])

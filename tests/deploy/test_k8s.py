@@ -273,7 +273,7 @@ def test_the_inbox_api_is_served_probed_and_reachable(overlay: str) -> None:
     args = parser().parse_args(c["args"])
     assert (args.command, args.action, args.host) == ("inbox", "serve", "0.0.0.0")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"http": args.port}
+    assert ports == {"http": args.port, "metrics": Settings().metrics_port}
     assert c["livenessProbe"]["httpGet"] == c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     secret_refs = [s["secretRef"] for s in c["envFrom"] if "secretRef" in s]
     assert secret_refs == [{"name": "tidings-inbox"}]  # required: the API refuses to start without its key
@@ -287,6 +287,12 @@ def test_the_inbox_api_is_served_probed_and_reachable(overlay: str) -> None:
     redis_policy = of_kind(overlay, "NetworkPolicy")["tidings-redis"]
     allowed = [peer["podSelector"]["matchLabels"] for rule in redis_policy["spec"]["ingress"] for peer in rule["from"]]
     assert any(_selects(sel, pod_labels) for sel in allowed), "the inbox API cannot reach Redis"
+    # scraped on its metrics port (the live-stream gauges), which its policy lets in
+    monitor = of_kind(overlay, "PodMonitor")["tidings-inbox"]
+    assert _selects(monitor["spec"]["selector"]["matchLabels"], pod_labels)
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["podMetricsEndpoints"]] == [("metrics", "/metrics")]
+    inbox_policy = of_kind(overlay, "NetworkPolicy")["tidings-inbox"]
+    assert {p["port"] for rule in inbox_policy["spec"]["ingress"] for p in rule["ports"]} == {"http", "metrics"}
     if overlay == "overlays/dev":
         secret = of_kind(overlay, "Secret")["tidings-inbox"]["stringData"]["TIDINGS_INBOX_SECRET"]
         assert len(secret) >= 16

@@ -74,6 +74,7 @@ class Server:
         store_options = {k: options.pop(k) for k in ("max_items", "stream_length") if k in options}
         self.redis = AsyncRedis.from_url(redis_url)
         app = create_app(InboxStore(self.redis, **store_options), SECRET, clock=clock, **options)
+        self.app = app
         self.port = infra.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, access_log=False, log_level="warning",

@@ -305,6 +305,40 @@ def test_streams_beyond_the_limit_are_refused(api_server: Any, clock: Clock) -> 
             raise AssertionError("the stream slot was never released")
 
 
+def scrape(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = httpx.get(url, timeout=10).text
+    return {s.name: s.value for family in text_string_to_metric_families(body) for s in family.samples}
+
+
+def test_open_and_refused_streams_are_on_the_metrics_port(api_server: Any, clock: Clock) -> None:
+    from consumers.metrics import serve_inbox_metrics
+
+    server = api_server(heartbeat=0.3, max_streams=1)
+    metrics = serve_inbox_metrics(server.app.state, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{metrics.server_address[1]}/metrics"
+    headers = auth(clock, "u-ada")
+    try:
+        assert scrape(url) == {"tidings_inbox_streams_open": 0, "tidings_inbox_streams_max": 1,
+                               "tidings_inbox_streams_refused_total": 0}
+        with httpx.Client(timeout=10) as client, stream(client, server, headers) as response:
+            events = Events(response)  # held: dropping the line iterator would close the connection
+            events.next()
+            assert scrape(url)["tidings_inbox_streams_open"] == 1
+            assert client.get(f"{server.url}/api/inbox/stream", headers=headers).status_code == 503
+            assert scrape(url)["tidings_inbox_streams_refused_total"] == 1
+        deadline = time.monotonic() + 10
+        while scrape(url)["tidings_inbox_streams_open"] != 0:  # the server sees the client go at its next write
+            assert time.monotonic() < deadline, "the closed stream was still counted"
+            time.sleep(0.1)
+        # the API's own port serves no metrics: it faces users
+        assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 404
+    finally:
+        metrics.shutdown()
+        metrics.server_close()
+
+
 def test_redis_down_is_503_and_names_no_secret(clock: Clock, closed_port: int) -> None:
     server = Server(f"redis://:hunter2-password@127.0.0.1:{closed_port}/0", clock).start()
     try:
