@@ -53,9 +53,19 @@ SCALED_OBJECT = resource("keda.sh/v1alpha1", "ScaledObject", obj({
             "activationLagThreshold": {"type": "string", "pattern": r"^[0-9]+$"},
             "offsetResetPolicy": {"enum": ["earliest", "latest"]},
             "allowIdleConsumers": {"enum": ["true", "false"]},
+            "sasl": {"enum": ["none", "plaintext", "scram_sha256", "scram_sha512", "gssapi", "oauthbearer"]},
+            "tls": {"enum": ["enable", "disable"]},
         }, ["bootstrapServers", "consumerGroup"]),
     }, ["type", "metadata"])},
 }, ["scaleTargetRef", "triggers"]))
+
+# The parameters KEDA's Kafka scaler takes from a TriggerAuthentication.
+KAFKA_AUTH_PARAMETERS = ["sasl", "username", "password", "tls", "ca", "cert", "key", "keyPassword"]
+TRIGGER_AUTHENTICATION = resource("keda.sh/v1alpha1", "TriggerAuthentication", obj({
+    "secretTargetRef": {"type": "array", "minItems": 1, "items": obj({
+        "parameter": {"enum": KAFKA_AUTH_PARAMETERS}, "name": K8S_NAME, "key": STRING,
+    }, ["parameter", "name", "key"])},
+}, ["secretTargetRef"]))
 
 RELABEL = obj({"action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep"]},
                "sourceLabels": {"type": "array", "items": STRING}, "targetLabel": STRING,
@@ -83,6 +93,7 @@ PROMETHEUS_RULE = resource("monitoring.coreos.com/v1", "PrometheusRule", obj({
 SCHEMAS = {
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"): KAFKA_TOPIC,
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): TRIGGER_AUTHENTICATION,
     ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from consumers.cli import parser
-from consumers.settings import Settings
+from consumers.settings import LIBRDKAFKA_PREFIX, Settings
 from consumers.topics import topic_specs
 from devstack import manifests
 
@@ -22,7 +23,7 @@ from .crd_schemas import SCHEMAS
 from .kustomize import Doc, kubectl_render, render, rendered
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
-OVERLAYS = ["base", "overlays/dev", "overlays/prod"]
+OVERLAYS = ["base", "overlays/dev", "overlays/prod", "overlays/prod-scram"]
 YAMLLINT = Path(__file__).resolve().parents[2] / "deploy" / ".yamllint.yaml"
 
 _cache: dict[str, list[Doc]] = {}
@@ -78,7 +79,8 @@ def test_custom_resources_fit_their_structural_schemas(overlay: str) -> None:
         if schema is not None:
             jsonschema.validate(doc, schema)
             kinds.add(doc["kind"])
-    assert kinds == {"KafkaTopic", "ScaledObject", "PodMonitor", "PrometheusRule"}
+    expected = {"KafkaTopic", "ScaledObject", "PodMonitor", "PrometheusRule"}
+    assert kinds == (expected | {"TriggerAuthentication"} if overlay == "overlays/prod-scram" else expected)
 
 
 def test_kubernetes_validate_and_the_crd_schemas_reject_mistakes() -> None:
@@ -229,7 +231,7 @@ def test_budgets_monitors_and_policies_select_the_consumers(overlay: str) -> Non
 def test_settings_and_secret_references_name_real_settings(overlay: str) -> None:
     fields = {f"TIDINGS_{n.upper()}" for n in Settings.model_fields}
     for key in of_kind(overlay, "ConfigMap")["tidings-settings"]["data"]:
-        assert key in fields, f"{key} is not a setting"
+        assert key in fields or key.startswith(LIBRDKAFKA_PREFIX), f"{key} is not a setting"
     secrets = of_kind(overlay, "Secret")
     for d in of_kind(overlay, "Deployment").values():
         c = container(d)
@@ -296,3 +298,42 @@ def test_the_inbox_api_is_served_probed_and_reachable(overlay: str) -> None:
     if overlay == "overlays/dev":
         secret = of_kind(overlay, "Secret")["tidings-inbox"]["stringData"]["TIDINGS_INBOX_SECRET"]
         assert len(secret) >= 16
+
+
+def test_the_scram_overlay_logs_consumers_and_scalers_in_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    overlay = "overlays/prod-scram"
+    data = of_kind(overlay, "ConfigMap")["tidings-settings"]["data"]
+    for name in [n for n in os.environ if n.startswith(LIBRDKAFKA_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in data.items():
+        if name.startswith(LIBRDKAFKA_PREFIX):
+            monkeypatch.setenv(name, value)  # as the pods get them (envFrom the ConfigMap)
+    assert Settings().librdkafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                                   "ssl.ca.location": "/etc/tidings/kafka-ca/ca.crt"}
+    consumers = {n: d for n, d in of_kind(overlay, "Deployment").items() if n != "tidings-inbox"}
+    assert len(consumers) == 17
+    for name, d in consumers.items():
+        pod = d["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == "kafka-ca")
+        assert volume["secret"]["secretName"] == "tidings-kafka-ca", name
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "kafka-ca")
+        assert f"{mount['mountPath']}/ca.crt" == data["TIDINGS_LIBRDKAFKA_SSL_CA_LOCATION"], name
+        # the user and password come from the Secret tidings-kafka, read as settings
+        assert {"secretRef": {"name": "tidings-kafka", "optional": True}} in pod["containers"][0]["envFrom"], name
+    auth = of_kind(overlay, "TriggerAuthentication")
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["tidings-kafka"]["spec"]["secretTargetRef"]}
+    assert refs == {"username": ("tidings-kafka", f"{LIBRDKAFKA_PREFIX}SASL_USERNAME"),
+                    "password": ("tidings-kafka", f"{LIBRDKAFKA_PREFIX}SASL_PASSWORD"),
+                    "ca": ("tidings-kafka-ca", "ca.crt")}
+    scalers = of_kind(overlay, "ScaledObject")
+    assert len(scalers) == len(consumers)
+    for name, scaler in scalers.items():
+        trigger = scaler["spec"]["triggers"][0]
+        assert trigger["authenticationRef"] == {"name": "tidings-kafka"}, name
+        meta = trigger["metadata"]
+        assert (meta["bootstrapServers"], meta["sasl"], meta["tls"]) == (
+            data["TIDINGS_KAFKA_BOOTSTRAP"], "scram_sha512", "enable"), name
+    # the plain prod overlay is unchanged: no credentials asked of a cluster that takes none
+    assert "TriggerAuthentication" not in {d["kind"] for d in docs("overlays/prod")}
+    assert all("authenticationRef" not in s["spec"]["triggers"][0]
+               for s in of_kind("overlays/prod", "ScaledObject").values())
