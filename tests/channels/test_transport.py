@@ -50,6 +50,17 @@ def fixed(answer: bytes, keep: bool = True, delay: float = 0.0) -> Answer:
 answer_ok = fixed(OK)
 
 
+def held_until(release: asyncio.Event) -> Answer:
+    """Answer ``OK`` to each request only once ``release`` is set (a connection kept busy)."""
+
+    async def write(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        writer.write(OK)
+        return True
+
+    return write
+
+
 def silent_first() -> Answer:
     """Say nothing to the first request (for 5 s, longer than any test's read timeout), ``OK`` to the rest."""
     calls = 0
@@ -292,11 +303,7 @@ async def test_header_injection_is_refused_before_anything_is_sent(name: str, va
 @in_loop
 async def test_a_full_pool_is_a_pool_timeout() -> None:
     release = asyncio.Event()
-
-    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await release.wait()
-        writer.write(OK)
-        return True
+    held = held_until(release)
 
     async with http_server(held) as server, client(max_connections=1) as http:
         first = asyncio.create_task(http.post(server.url(), content=b"{}"))
@@ -508,11 +515,7 @@ async def test_the_attempts_deadline_is_a_timeout_error_and_frees_the_slot() -> 
 @in_loop
 async def test_a_direct_request_waits_for_a_slot_only_until_the_pool_timeout() -> None:
     release = asyncio.Event()
-
-    async def held(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        await release.wait()
-        writer.write(OK)
-        return True
+    held = held_until(release)
 
     async with http_server(held) as server, transport(max_connections=1) as pool:
         where = destination(server.url())
