@@ -164,7 +164,7 @@ class HttpPool:
         written = _written(body) if self.direct else None
         if written is None:
             async with asyncio.timeout_at(deadline), self.client.stream(
-                    "POST", url if not isinstance(url, Destination) else _url(url), headers=headers,
+                    "POST", url if not isinstance(url, Destination) else url.url(), headers=headers,
                     extensions=extensions, **body) as response:
                 return response.status_code, AnswerHeaders(response.headers.raw), await _read_some(response)
         content, content_type, authorization = written
@@ -239,10 +239,6 @@ def _form_value(value: Any) -> str:
     if value is False:
         return "false"
     return "" if value is None else str(value)
-
-
-def _url(where: Destination) -> str:
-    return f"{where.scheme.decode()}://{where.authority.decode()}{where.target.decode()}"
 
 
 class AnswerHeaders(Mapping[str, str]):

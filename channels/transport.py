@@ -200,6 +200,10 @@ class Destination:
     authority: bytes
     """The default ``Host``: the host, and the port unless it is the scheme's default."""
 
+    def url(self) -> str:
+        """The whole URL again (for httpx's client, on the paths the pool does not take itself)."""
+        return f"{self.scheme.decode()}://{self.authority.decode()}{self.target.decode()}"
+
     def masked(self) -> str:
         """Scheme, host and port, for log lines: the path and the query can hold a token."""
         return f"{self.scheme.decode()}://{self.authority.decode()}/***"
