@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, Producer, TopicPartition
 
 from consumers.kafka import coordinates, next_offsets
-from consumers.loop import ConsumerLoop, RetryBatch
+from consumers.loop import YOUNG_GC_THRESHOLD, ConsumerLoop, RetryBatch
 from consumers.settings import Settings
 from consumers.topics import create_topics
 from schemas import Catalog
@@ -141,6 +141,8 @@ class _Cycle:
 def test_the_heap_built_at_start_is_frozen_after_collecting_its_garbage(
         topic_settings: tuple[Settings, str]) -> None:
     settings, topic = topic_settings
+    thresholds = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
     gc.unfreeze()
     garbage = _Cycle()
     gone = weakref.ref(garbage)
@@ -152,9 +154,12 @@ def test_the_heap_built_at_start_is_frozen_after_collecting_its_garbage(
         with running(loop):
             wait_for(lambda: gc.get_freeze_count() > 0)
             assert gone() is None  # collected before the freeze, not frozen with the rest
+            # young collections spaced out; the older generations keep their thresholds
+            assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, 10, 10)
     finally:
         gc.enable()
         gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 def test_holding_one_partition_lets_the_other_flow(topic_settings: tuple[Settings, str]) -> None:

@@ -234,6 +234,7 @@ class Bench:
         })
         if settings.events_topic:
             env["TIDINGS_EVENTS_TOPIC"] = settings.events_topic
+        env.update(getattr(self.args, "env", None) or {})
         env.update(extra)
         return env
 
@@ -874,7 +875,8 @@ def markdown(results: list[Result], env: dict[str, Any], scale: str, took: float
     lines = [f"# Benchmark results ({scale} scale)", "",
              f"{env['time']}, {env['cpus']} CPUs, load average before {env['load_average']}, "
              f"after {env.get('load_average_after')}; Python {env['python']}, confluent-kafka "
-             f"{env['confluent_kafka']} (librdkafka {env['librdkafka']}); the run took {took:.0f} s.", "",
+             f"{env['confluent_kafka']} (librdkafka {env['librdkafka']}); the run took {took:.0f} s."
+             + (f" Settings given with --env: {env['settings']}." if env.get("settings") else ""), "",
              "| bench | figures | target | measured | met |", "|---|---|---|---|---|"]
     for r in results:
         figures = ", ".join(f"{k}={v}" for k, v in r.figures.items())
@@ -953,6 +955,8 @@ def run(args: argparse.Namespace) -> int:
     took = time.perf_counter() - started
     env["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     env["seconds"] = round(took)
+    if args.env:
+        env["settings"] = args.env
     order = {n: i for i, n in enumerate(("B1", "B2", "B3", "B4", "B5", "B6"))}
     results = sorted(bench.results, key=lambda r: order[r.name])
     doc = {"environment": env, "scale": args.scale, "sizes": SCALES[args.scale],
@@ -986,6 +990,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="bootstrap servers, or 'private' for a broker of the bench's own on free ports")
     p.add_argument("--redis", default=os.environ.get("TIDINGS_BENCH_REDIS"),
                    help="Redis URL to use (default: a private redis-server on a free port)")
+    p.add_argument("--env", action="append", default=[], metavar="TIDINGS_NAME=VALUE",
+                   help="a setting for every tidings process the bench starts (an experiment; say so when quoting)")
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--keep-logs", help="directory for the processes' logs (default: a temporary one)")
     args = p.parse_args(argv)
@@ -994,6 +1000,13 @@ def main(argv: list[str] | None = None) -> int:
         if key not in SCALES[args.scale] or not value.isdigit():
             p.error(f"--set {item}: expected SIZE=N with SIZE one of {', '.join(SCALES[args.scale])}")
         SCALES[args.scale] = {**SCALES[args.scale], key: int(value)}
+    settings: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("TIDINGS_"):
+            p.error(f"--env {item}: expected TIDINGS_NAME=VALUE")
+        settings[key] = value
+    args.env = settings
     return run(args)
 
 
