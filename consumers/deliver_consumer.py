@@ -92,6 +92,20 @@ def _endpoint(channel: str, address: str) -> str:
     return channel
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The loop a channel consumer runs its batches on: ``uvloop`` or the standard library's ``asyncio``.
+
+    The batch's sockets (HTTP, SMTP, Redis) and timers are the same on both; uvloop's loop
+    does its polling, callbacks and transports in C, which took a third of the webhook
+    consumer's CPU per delivery off (B2 in docs/performance.md).
+    """
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 class DeliverConsumer(ConsumerLoop):
     role = "deliver"
 
@@ -110,7 +124,7 @@ class DeliverConsumer(ConsumerLoop):
         self.channel = channel
         self.redis = redis
         self.dlq_topic = settings.channel_dlq_topic(channel.name)
-        self.aio = asyncio.new_event_loop()
+        self.aio = new_event_loop(settings.event_loop)
         limit = min(settings.max_in_flight, channel.max_in_flight())
         self.semaphore = asyncio.Semaphore(limit)
         self.breakers = Breakers(settings.breaker_threshold, settings.breaker_cooldown)

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     """Seconds a batch waits for more records once the first has arrived (unless it is full):
     fewer, larger batches cost less CPU per record, at the price of this much latency per hop."""
     max_in_flight: int = Field(default=64, ge=1)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The channel consumers' event loop: uvloop (libuv, about a third less CPU per webhook
+    delivery, docs/performance.md) or the standard library's."""
     retry_tiers: str = "10s,1m,10m,1h"
     """Delays of the retry topics ``<prefix>deliver.<channel>.retry.<delay>``, comma-separated."""
     retry_max_attempts: int = Field(default=5, ge=1, le=100)

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from channels.signing import verify
 from consumers.kafka import DLQ_ATTEMPTS, DLQ_MESSAGE, DLQ_OFFSET, DLQ_REASON, DLQ_TOPIC
@@ -48,9 +49,14 @@ def headers_of(msg: object) -> dict[str, str]:
     return {k: v.decode() for k, v in (msg.headers() or [])}  # type: ignore[attr-defined]
 
 
-def test_event_is_delivered_by_email_and_webhook_with_its_content(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+def test_event_is_delivered_by_email_and_webhook_with_its_content(pipeline: Pipeline, event_loop: str) -> None:
     pipeline.recipients(ada(webhook=pipeline.web.url("/hooks/ada")))
+    pipeline.reconfigure(event_loop=event_loop)  # TIDINGS_EVENT_LOOP; uvloop is the default
     pipeline.start_all()
+    for name in ("email", "webhook"):
+        aio = pipeline.loops[name][0].aio  # type: ignore[attr-defined]
+        assert isinstance(aio, uvloop.Loop) == (event_loop == "uvloop")
     event = pipeline.pub().publish("jobs.match.found", match("u-ada", 91.4, location="Leeds", is_remote=True),
                                    subject="u-ada", source=SOURCE)
     pipeline.pub().flush()
