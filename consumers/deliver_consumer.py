@@ -96,8 +96,8 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     """The loop a channel consumer runs its batches on: ``uvloop`` or the standard library's ``asyncio``.
 
     The batch's sockets (HTTP, SMTP, Redis) and timers are the same on both; uvloop's loop
-    does its polling, callbacks and transports in C, which took a third of the webhook
-    consumer's CPU per delivery off (B2 in docs/performance.md).
+    does its polling, callbacks and transports in C, which took a quarter to a third of the
+    webhook consumer's CPU per delivery off (B2 in docs/performance.md).
     """
     if kind == "uvloop":
         import uvloop

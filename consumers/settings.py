@@ -88,10 +88,11 @@ class Settings(BaseSettings):
     poll_timeout: float = Field(default=0.5, gt=0)
     batch_linger: float = Field(default=0.0, ge=0, le=1.0)
     """Seconds a batch waits for more records once the first has arrived (unless it is full):
-    fewer, larger batches cost less CPU per record, at the price of this much latency per hop."""
+    fewer, larger batches cost less CPU per record, but each hop's latency grows by more than the
+    linger (B4 in docs/performance.md)."""
     max_in_flight: int = Field(default=64, ge=1)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
-    """The channel consumers' event loop: uvloop (libuv, about a third less CPU per webhook
+    """The channel consumers' event loop: uvloop (libuv, a quarter to a third less CPU per webhook
     delivery, docs/performance.md) or the standard library's."""
     retry_tiers: str = "10s,1m,10m,1h"
     """Delays of the retry topics ``<prefix>deliver.<channel>.retry.<delay>``, comma-separated."""
