@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
-from consumers.metrics import REGISTRY, inbox_registry
 from consumers.settings import Settings
+from tests.deploy.promql import exported_metrics
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -20,8 +19,7 @@ def test_every_setting_is_documented() -> None:
 def test_every_metric_is_documented() -> None:
     text = (DOCS / "operations.md").read_text()
     names = set()
-    inbox = SimpleNamespace(open_streams=0, max_streams=1, refused_streams=0)  # the inbox app's state
-    for metric in [*REGISTRY.collect(), *inbox_registry(inbox).collect()]:
+    for metric in exported_metrics():
         suffix = "_total" if metric.type == "counter" else ""
         names.add(metric.name + suffix)
     missing = sorted(n for n in names if f"`{n}`" not in text)

@@ -6,6 +6,7 @@ import re
 from types import SimpleNamespace
 
 import promql_parser
+from prometheus_client.core import Metric
 
 from consumers.metrics import REGISTRY, inbox_registry
 
@@ -45,11 +46,17 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
+def exported_metrics() -> list[Metric]:
+    """Every metric family the project exports: the consumers' registry and the inbox API's
+    (read from a stand-in of the app's state with no stream open)."""
+    idle = SimpleNamespace(open_streams=0, max_streams=1, refused_streams=0)
+    return [*REGISTRY.collect(), *inbox_registry(idle).collect()]
+
+
 def registry_series() -> set[str]:
     """Every series name the project's metrics expose, suffixes included."""
     names: set[str] = set()
-    inbox = inbox_registry(SimpleNamespace(open_streams=0, max_streams=1, refused_streams=0))  # the inbox API's
-    for metric in [*REGISTRY.collect(), *inbox.collect()]:
+    for metric in exported_metrics():
         if metric.type == "counter":
             names.add(f"{metric.name}_total")
         elif metric.type == "histogram":
