@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from confluent_kafka import Message, TopicPartition
@@ -92,7 +92,7 @@ def _endpoint(channel: str, address: str) -> str:
     return channel
 
 
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+def new_event_loop(kind: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:
     """The loop a channel consumer runs its batches on: ``uvloop`` or the standard library's ``asyncio``.
 
     The batch's sockets (HTTP, SMTP, Redis) and timers are the same on both; uvloop's loop
