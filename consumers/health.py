@@ -89,10 +89,14 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # socketserver's 5 drops connections when probes and a scrape meet
+
+
 class HealthServer:
     def __init__(self, health: Health, host: str, port: int) -> None:
         handler = type("Handler", (_Handler,), {"health": health})
-        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server = _Server((host, port), handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)

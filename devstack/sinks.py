@@ -5,7 +5,8 @@ real HTTP server (``http.server``), both on loopback, both recording what
 lands. ``make run`` and ``make demo`` point the channels at them; the tests
 use them as the far end of a real conversation.
 
-Each record is a plain dict, kept in memory (``received()``, ``wait_for()``),
+Each record is a plain dict with the wall-clock time it arrived
+(``received_at``, Unix seconds), kept in memory (``received()``, ``wait_for()``),
 optionally appended as one JSON line to a file, and optionally echoed as one
 line to stdout::
 
@@ -31,6 +32,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -62,6 +64,7 @@ class _Recorder:
         self._echo: TextIO | None = sys.stdout if echo is True else (echo or None)
 
     def _add(self, record: Record, line: str) -> None:
+        record.setdefault("received_at", time.time())
         with self._changed:
             self._records.append(record)
             if self._record_path is not None:
@@ -355,6 +358,12 @@ class _WebhookHandler(BaseHTTPRequestHandler):
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver listens with a backlog of 5. A webhook consumer opening its connections
+    # at once (after an idle spell, all pooled ones expired) overflowed that queue: the
+    # kernel dropped handshakes, the retransmissions (1 s, 2 s, 4 s, ...) outlasted the
+    # channel's 10 s timeout, and a request that then arrived was recorded and retried:
+    # a duplicate the receiver never caused. Real receivers listen with hundreds.
+    request_queue_size = 512
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up early is not worth a traceback."""
