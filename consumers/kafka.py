@@ -109,6 +109,7 @@ class BatchProducer:
     producer: Producer
     flush_timeout: float = 30.0
     _errors: list[KafkaError] = field(default_factory=list)
+    _closed: bool = False
 
     @classmethod
     def create(cls, settings: Settings, **overrides: Any) -> BatchProducer:
@@ -146,8 +147,25 @@ class BatchProducer:
                 + (f": {first.str()}" if first else "")
             )
 
-    def close(self, timeout: float | None = None) -> None:
-        self.producer.flush(self.flush_timeout if timeout is None else timeout)
+    def close(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` for queued records, then release the client's threads and sockets.
+
+        Returns how many records were still unacknowledged; they are dropped (librdkafka's
+        own close would wait for them forever). Callers store offsets only after a
+        successful :meth:`commit_point`, so those records belong to a batch whose input is
+        read again. Closing twice is harmless.
+        """
+        if self._closed:
+            return 0
+        self._closed = True
+        remaining: int = self.producer.flush(self.flush_timeout if timeout is None else timeout)
+        if remaining:
+            log.warning("closing the producer with %d record(s) unacknowledged; their input is read again",
+                        remaining)
+            self.producer.purge()
+            self.producer.flush(0)
+        self.producer.close()
+        return remaining
 
 
 def now_text() -> str:

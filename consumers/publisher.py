@@ -85,9 +85,13 @@ class Publisher:
         self.producer.commit_point()
 
     def close(self) -> None:
-        self.flush()
-        if self.registry is not None:
-            self.registry.close()
+        """Wait for Kafka's acknowledgement of everything queued (raise if any failed), then release the client."""
+        try:
+            self.flush()
+        finally:
+            self.producer.close(0)
+            if self.registry is not None:
+                self.registry.close()
 
 
 _default: Publisher | None = None
