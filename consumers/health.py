@@ -90,7 +90,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    request_queue_size = 128  # socketserver's 5 drops connections when probes and a scrape meet
+    request_queue_size = 128  # socketserver listens with 5; the HTTP stand-ins overflowed theirs (devstack/sinks.py)
 
 
 class HealthServer:
