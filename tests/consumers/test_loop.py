@@ -17,10 +17,11 @@ from contextlib import contextmanager
 import pytest
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, Producer, TopicPartition
 
-from consumers.kafka import coordinates, next_offsets
+from consumers.kafka import BatchProducer, ProduceError, coordinates, next_offsets
 from consumers.loop import YOUNG_GC_THRESHOLD, ConsumerLoop, RetryBatch
 from consumers.settings import Settings
 from consumers.topics import create_topics
+from devstack.infra import free_port
 from schemas import Catalog
 
 pytestmark = pytest.mark.integration
@@ -265,3 +266,45 @@ def test_offsets_kept_back_are_stored_at_shutdown(topic_settings: tuple[Settings
         assert committed(settings, topic, loop.group) == [OFFSET_INVALID, OFFSET_INVALID]
     assert not thread.is_alive()
     assert committed(settings, topic, loop.group) == [10, 10]
+
+
+class Forwarder(ConsumerLoop):
+    """Copies each record to another topic and stores its offset once the copy is acknowledged."""
+
+    role = "test"
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        super().__init__(settings, Catalog.load(), settings.group("loop"), [topic])
+        self.failed_batches = 0
+
+    def handle(self, messages: list[Message]) -> list[TopicPartition]:
+        for m in messages:
+            self.producer.send(f"{m.topic()}.copy", m.value() or b"")
+        try:
+            self.producer.commit_point()
+        except ProduceError as exc:
+            self.failed_batches += 1
+            raise RetryBatch("produce", backoff=0.3) from exc
+        return next_offsets(messages)
+
+
+@pytest.mark.timeout(120)
+def test_a_consumer_stopped_with_its_output_unacknowledged_stores_nothing_and_its_input_is_read_again(
+        topic_settings: tuple[Settings, str]) -> None:
+    settings, topic = topic_settings
+    settings = settings.model_copy(update={"shutdown_timeout": 1.0})
+    produce(settings, topic, 5)
+    loop = Forwarder(settings, topic)
+    # Its output goes to a port nobody listens on: nothing it produces is ever acknowledged.
+    unreachable = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    loop.producer = BatchProducer.create(unreachable)
+    loop.producer.flush_timeout = 0.5
+    with running(loop) as thread:
+        wait_for(lambda: loop.failed_batches >= 2)
+    assert not thread.is_alive()  # the close dropped the unacknowledged copies instead of waiting for them
+    assert committed(settings, topic, loop.group) == [OFFSET_INVALID, OFFSET_INVALID]
+
+    again = Recorder(settings, topic)  # the same group: the next owner of the partitions
+    with running(again):
+        wait_for(lambda: len(again.seen) == 10)
+    assert sorted((part, offset) for part, offset, _ in again.seen) == [(p, o) for p in (0, 1) for o in range(5)]
