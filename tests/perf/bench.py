@@ -136,17 +136,21 @@ class Timing:
     total: int
     cpu: float = float("nan")
     """CPU seconds the watched processes used from the first output to the last."""
+    per: int = 1
+    """Output records per item counted (the router writes two deliveries per event)."""
 
-    def cpu_us_per_record(self) -> float:
-        return self.cpu / (self.total - self.first_count) * 1e6 if self.total > self.first_count else float("nan")
+    def cpu_us_per_item(self) -> float:
+        done = self.total - self.first_count
+        return self.cpu / done * self.per * 1e6 if done > 0 else float("nan")
 
     def rate(self) -> float:
+        """Items a second (records a second divided by ``per``)."""
         # From the first output to the last: process start-up and group joins are left out,
         # the same way for ours and the baseline. When the first look already saw most of
         # the output (tiny runs), count from the start instead.
         if self.first_count > self.total // 2 or self.done_at <= self.first_at:
-            return self.total / (self.done_at - self.started_at)
-        return (self.total - self.first_count) / (self.done_at - self.first_at)
+            return self.total / self.per / (self.done_at - self.started_at)
+        return (self.total - self.first_count) / self.per / (self.done_at - self.first_at)
 
 
 @dataclass
@@ -271,7 +275,8 @@ class Bench:
         raise RuntimeError(f"cannot read the end offsets of {topics}")
 
     def wait_count(self, topics: list[str], total: int, procs: list[subprocess.Popen[bytes]],
-                   limit: float = WAIT_LIMIT, every: float = 0.05) -> Timing:
+                   limit: float = WAIT_LIMIT, every: float = 0.05, per: int = 1) -> Timing:
+        """Wait until ``topics`` hold ``total`` records; timings per item of ``per`` records."""
         started = time.perf_counter()
         first_at, first_count, first_cpu = 0.0, 0, 0.0
         pids = [p.pid for p in procs]
@@ -281,7 +286,7 @@ class Bench:
             if n and not first_at:
                 first_at, first_count, first_cpu = now, n, cpu_seconds(pids)
             if n >= total:
-                return Timing(started, first_at, first_count, now, total, cpu_seconds(pids) - first_cpu)
+                return Timing(started, first_at, first_count, now, total, cpu_seconds(pids) - first_cpu, per)
             for proc in procs:
                 if proc.poll() is not None:
                     raise RuntimeError(f"{proc.args} exited with {proc.returncode} at {n}/{total}; "
@@ -390,19 +395,34 @@ class Bench:
         base = self.wait_count([out], n, [proc])
         self.procs.stop(proc)
 
+        log("B1: the floor, the per-event work no router can skip (decode, render, encode, produce)")
+        floor_settings = self.settings("b1floor")
+        create_topics(floor_settings, ["email", "webhook"])
+        proc = self.helper("b1-floor", "floor", "--kafka", self.kafka, "--input", settings.input_topic,
+                           "--prefix", floor_settings.topic_prefix, "--group", f"bench{self.run_id}-floor")
+        floor = self.wait_count([floor_settings.deliver_topic("email"), floor_settings.deliver_topic("webhook")],
+                                2 * n, [proc], per=2)
+        self.procs.stop(proc)
+
         log("B1: the router, one process")
         proc = self.tidings("b1-router", settings, "router")
         outs = [settings.deliver_topic("email"), settings.deliver_topic("webhook")]
-        ours = self.wait_count(outs, 2 * n, [proc])
+        # Two deliveries per event: rates and CPU are per event (before 2026-11-22 the rate
+        # was per delivery and so twice the events a second; see docs/performance.md).
+        ours = self.wait_count(outs, 2 * n, [proc], per=2)
         rss = peak_rss_mb(proc.pid)
         self.procs.stop(proc)
         res.figures.update(events=n, passthrough_per_s=round(base.rate()), router_per_s=round(ours.rate()),
                            ratio=round(ours.rate() / base.rate(), 3),
-                           passthrough_cpu_us_per_event=round(base.cpu_us_per_record(), 1),
-                           router_cpu_us_per_event=round(ours.cpu_us_per_record() * 2, 1))
+                           passthrough_cpu_us_per_event=round(base.cpu_us_per_item(), 1),
+                           floor_per_s=round(floor.rate()), floor_ratio=round(floor.rate() / base.rate(), 3),
+                           floor_cpu_us_per_event=round(floor.cpu_us_per_item(), 1),
+                           router_cpu_us_per_event=round(ours.cpu_us_per_item(), 1))
         res.notes.append("CPU per event: user+system time of the process between the first and the last output "
                          "record, divided by the events in that span (steadier than rates on a shared machine)")
         res.notes.append("each event gives 2 deliveries (email, webhook) and 2 status events")
+        res.notes.append("floor: a process doing only the work no router can skip (decode, render, write and "
+                         "produce the four records), no rules, Redis or models (role_floor)")
         res.target("router events/s", ours.rate(), 25_000, ">=")
         res.target("router / passthrough", ours.rate() / base.rate(), 0.40, ">=")
         self.results.append(res)
@@ -422,7 +442,7 @@ class Bench:
         log("B6: the router, two processes")
         procs = [self.tidings(f"b6-router{i}", settings, "router") for i in range(2)]
         outs = [settings.deliver_topic("email"), settings.deliver_topic("webhook")]
-        two = self.wait_count(outs, 2 * n, procs)
+        two = self.wait_count(outs, 2 * n, procs, per=2)
         for proc in procs:
             self.procs.stop(proc)
         res.figures.update(one_process_per_s=round(one), two_processes_per_s=round(two.rate()),
@@ -460,7 +480,7 @@ class Bench:
         log(f"B2: peer, an RQ worker posting {n_rq:,} jobs one blocking call each")
         rq_rate = self.rq_peer(url, requests[:n_rq])
         res.figures.update(deliveries=n, ours_per_s=round(ours.rate()),
-                           ours_cpu_us_per_delivery=round(ours.cpu_us_per_record(), 1), raw_httpx_per_s=round(raw),
+                           ours_cpu_us_per_delivery=round(ours.cpu_us_per_item(), 1), raw_httpx_per_s=round(raw),
                            rq_jobs=n_rq, rq_per_s=round(rq_rate, 1), in_flight=in_flight,
                            ratio_raw=round(ours.rate() / raw, 3), ratio_rq=round(ours.rate() / rq_rate, 1))
         res.notes.append("ours includes Kafka consume, sent-mark reads and writes in Redis and status events")
@@ -775,6 +795,89 @@ def role_passthrough(argv: list[str]) -> int:
     return 0
 
 
+def role_floor(argv: list[str]) -> int:
+    """B1's floor: the work no router can skip, and nothing else.
+
+    Per event it decodes the record (CloudEvents headers, the catalog's compiled reader), renders
+    the bench template's three parts, writes the two deliveries (the webhook one with its JSON
+    body) and their two "routed" statuses as plain dicts through the catalog's compiled writers,
+    and produces the four records to the router's topics; a flush and an offset store per batch,
+    as the router does. Left out: rules, Redis (dedup claims, preferences, the recipient lookup:
+    the recipient is made up from the event's subject), pydantic models, metrics.
+    """
+    from consumers.loop import settle_heap
+    from consumers.router_consumer import decode_event
+    from router.decision import webhook_payload
+    from router.templates import Renderer
+    from schemas.models import State, delivery_id
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--kafka", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--prefix", required=True, help="topic prefix of the outputs")
+    p.add_argument("--group", required=True)
+    args = p.parse_args(argv)
+    settings = Settings(kafka_bootstrap=args.kafka, topic_prefix=args.prefix, metrics_port=-1)
+    catalog = Catalog.load()
+    delivery_schema = catalog.named("tidings.internal.Delivery")
+    status_schema = catalog.named("tidings.internal.Status")
+    renderer = Renderer(REPO / "config" / "templates")
+    consumer = Consumer(consumer_config(settings, args.group))
+    producer = BatchProducer.create(settings)
+    topics = {c: settings.deliver_topic(c) for c in ("email", "webhook")}
+    stop = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    consumer.subscribe([args.input])
+    settle_heap()  # the router's collector settings (consumers/loop.py)
+    while not stop:
+        messages = [m for m in consumer.consume(settings.batch_size, settings.poll_timeout) if m.error() is None]
+        if not messages:
+            continue
+        now = datetime.now(UTC)
+        deadline = now + timedelta(seconds=settings.delivery_deadline_seconds)
+        for m in messages:
+            event = decode_event(catalog, m)
+            ce = event.ce
+            user = ce.subject or ""
+            context = {"data": event.data, "event": {"id": ce.id, "source": ce.source, "type": ce.type,
+                                                     "time": format_time(ce.time), "subject": ce.subject,
+                                                     "tenant": ce.tenant},
+                       "recipient": {"id": user, "name": user, "locale": "en", "timezone": "UTC"},
+                       "rule": {"name": "job_match", "priority": "normal"}}
+            rendered = renderer.render("job_match", context, "en")
+            for channel, address in (("email", f"{user}@example.com"), ("webhook", "http://127.0.0.1:9/")):
+                fields: dict[str, Any] = {
+                    "delivery_id": delivery_id(ce.source, ce.id, "job_match", user, channel),
+                    "event_id": ce.id, "event_source": ce.source, "event_type": ce.type, "event_time": ce.time,
+                    "tenant": ce.tenant, "rule": "job_match", "channel": channel, "recipient_id": user,
+                    "address": address, "locale": "en", "priority": "normal", "subject": rendered.subject,
+                    "text": rendered.text, "html": rendered.html if channel == "email" else None,
+                    "payload": None, "created_at": now, "deadline": deadline, "attempt": 0, "metadata": {},
+                    "fallback": None,
+                }
+                if channel == "webhook":
+                    fields["payload"] = webhook_payload(event, fields, rendered)
+                producer.send(topics[channel], catalog.encode(delivery_schema, fields, check=False),
+                              key=f"{ce.tenant}:{user}",
+                              headers=[("tidings_delivery_id", fields["delivery_id"].encode())])
+                status = {"state": State.routed, "event_id": ce.id, "event_source": ce.source,
+                          "event_type": ce.type, "delivery_id": fields["delivery_id"], "channel": channel,
+                          "recipient_id": user, "rule": "job_match", "reason": None, "detail": None,
+                          "attempt": 0, "provider_id": None, "at": now}
+                producer.send(settings.status_topic, catalog.encode(status_schema, status, check=False),
+                              key=fields["delivery_id"])
+        producer.commit_point()
+        consumer.store_offsets(offsets=next_offsets(messages))
+    consumer.close()
+    producer.close(5.0)
+    return 0
+
+
 def role_smtp_sink(argv: list[str]) -> int:
     """An SMTP server that accepts and counts every message (the sink of B3)."""
     from aiosmtpd.controller import Controller
@@ -978,7 +1081,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    roles = {"passthrough": role_passthrough, "smtp-sink": role_smtp_sink, "latency-sink": role_latency_sink}
+    roles = {"passthrough": role_passthrough, "floor": role_floor, "smtp-sink": role_smtp_sink,
+             "latency-sink": role_latency_sink}
     if argv and argv[0] in roles:
         return roles[argv[0]](argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -46,7 +46,7 @@ def main() -> int:
     timings = []
 
     def watch() -> None:
-        timings.append(bench.wait_count(outs, 2 * args.n, [], every=0.2))
+        timings.append(bench.wait_count(outs, 2 * args.n, [], every=0.2, per=2))
         router.request_stop()
 
     # pyinstrument samples the thread that starts it: the router runs here, the watcher aside

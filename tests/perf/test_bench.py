@@ -33,9 +33,23 @@ def test_bench_quick_scale_writes_every_result(kafka_bootstrap: str, redis_url: 
         for target in r["targets"].values():
             assert isinstance(target["measured"], float | int) and isinstance(target["met"], bool)
     assert results["B1"]["figures"]["events"] == 2000
+    assert results["B1"]["figures"]["floor_per_s"] > 0
     assert results["B4"]["figures"]["received"] == 300
     assert results["B5"]["figures"]["router_mb"] > 10
     md = (out / "latest.md").read_text()
     assert "| B1 router throughput" in md and "quick scale" in md
     assert "B6" in proc.stdout  # the table printed at the end
     assert list(out.glob("bench-*.json")) and list(out.glob("bench-*.md"))
+
+
+def test_timing_is_per_item_when_an_item_is_several_records() -> None:
+    # The router writes two deliveries per event: 400 records in 2 s are 100 events a second.
+    sys.path.insert(0, str(HERE))
+    from bench import Timing
+
+    t = Timing(started_at=0.0, first_at=1.0, first_count=100, done_at=3.0, total=500, cpu=0.4, per=2)
+    assert t.rate() == 100.0
+    assert t.cpu_us_per_item() == 2000.0
+    single = Timing(started_at=0.0, first_at=1.0, first_count=100, done_at=3.0, total=500, cpu=0.4)
+    assert single.rate() == 200.0
+    assert single.cpu_us_per_item() == 1000.0
