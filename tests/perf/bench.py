@@ -75,15 +75,16 @@ SCALES: dict[str, dict[str, int]] = {
     # b1: events pre-loaded for the router; b2: webhook deliveries; b2_rq: jobs for the RQ peer
     # (a slower peer gets fewer, and its rate is compared); b3: emails; b3_peer: smtplib messages;
     # b4_rate, b4_seconds and b4_runs: the fixed-rate latency runs (pooled: one run's p99 swings
-    # between about 90 and 400 ms on the shared 2-core machine).
+    # between about 90 and 400 ms on the shared 2-core machine); b4_floor=1 runs B4 with B1's floor
+    # (role_floor) in the router's place, an experiment.
     # "standard" (the default) fits in 10 minutes on a 2-core machine shared with other work;
     # "full" has the sizes the benchmarks were specified with and needs a quiet machine for that.
     "standard": {"b1": 50_000, "b2": 6_000, "b2_rq": 200, "b3": 6_000, "b3_peer": 1_500,
-                 "b4_rate": 1_000, "b4_seconds": 60, "b4_runs": 3, "users": 1_000},
+                 "b4_rate": 1_000, "b4_seconds": 60, "b4_runs": 3, "b4_floor": 0, "users": 1_000},
     "full": {"b1": 200_000, "b2": 50_000, "b2_rq": 2_000, "b3": 20_000, "b3_peer": 4_000,
-             "b4_rate": 1_000, "b4_seconds": 60, "b4_runs": 3, "users": 1_000},
+             "b4_rate": 1_000, "b4_seconds": 60, "b4_runs": 3, "b4_floor": 0, "users": 1_000},
     "quick": {"b1": 2_000, "b2": 500, "b2_rq": 50, "b3": 200, "b3_peer": 50,
-              "b4_rate": 100, "b4_seconds": 3, "b4_runs": 1, "users": 50},
+              "b4_rate": 100, "b4_seconds": 3, "b4_runs": 1, "b4_floor": 0, "users": 50},
 }
 ALL = ("B1", "B2", "B3", "B4", "B6")  # B5 is measured during B1 and B2
 WAIT_LIMIT = 600.0
@@ -569,7 +570,8 @@ class Bench:
     def b4(self) -> None:
         rate, seconds, runs = self.size["b4_rate"], self.size["b4_seconds"], self.size["b4_runs"]
         res = Result("B4", f"end-to-end latency at {rate:,} events/s for {seconds} s"
-                     + (f", {runs} runs pooled" if runs > 1 else ""))
+                     + (f", {runs} runs pooled" if runs > 1 else "")
+                     + (", B1's floor in the router's place" if self.size.get("b4_floor") else ""))
         done = [self._b4_run(rate, seconds, i, runs) for i in range(runs)]
         measured = sorted(v for run in done for v in run["latencies"])
         router_stage = sorted(v for run in done for v in run["router_stage"])
@@ -610,8 +612,13 @@ class Bench:
         self.recipients(f"http://127.0.0.1:{port}/hook")
         settings = self.settings(f"b4r{run}")
         create_topics(settings, ["email", "webhook"])
-        procs = [self.tidings(f"b4-router-{run}", settings, "router"),
-                 self.tidings(f"b4-webhook-{run}", settings, "deliver", "webhook")]
+        if self.size.get("b4_floor"):  # an experiment: B1's floor in the router's place
+            router = self.helper(f"b4-floor-{run}", "floor", "--kafka", self.kafka, "--input", settings.input_topic,
+                                 "--prefix", settings.topic_prefix, "--group", f"{settings.group_prefix}floor",
+                                 "--webhook-url", f"http://127.0.0.1:{port}/hook")
+        else:
+            router = self.tidings(f"b4-router-{run}", settings, "router")
+        procs = [router, self.tidings(f"b4-webhook-{run}", settings, "deliver", "webhook")]
         producer = self.producer()
         # Warm up: a handful of events go through before the clock starts, so that
         # group joins and first connections are not counted as latency.
@@ -816,6 +823,7 @@ def role_floor(argv: list[str]) -> int:
     p.add_argument("--input", required=True)
     p.add_argument("--prefix", required=True, help="topic prefix of the outputs")
     p.add_argument("--group", required=True)
+    p.add_argument("--webhook-url", default="http://127.0.0.1:9/", help="the webhook deliveries' address")
     args = p.parse_args(argv)
     settings = Settings(kafka_bootstrap=args.kafka, topic_prefix=args.prefix, metrics_port=-1)
     catalog = Catalog.load()
@@ -835,7 +843,12 @@ def role_floor(argv: list[str]) -> int:
     consumer.subscribe([args.input])
     settle_heap()  # the router's collector settings (consumers/loop.py)
     while not stop:
-        messages = [m for m in consumer.consume(settings.batch_size, settings.poll_timeout) if m.error() is None]
+        # what has arrived, or the first record within the poll timeout: the router's loop does the same
+        messages = consumer.consume(settings.batch_size, 0)
+        if not messages:
+            first = consumer.poll(settings.poll_timeout)
+            messages = [first] if first is not None else []
+        messages = [m for m in messages if m.error() is None]
         if not messages:
             continue
         now = datetime.now(UTC)
@@ -850,7 +863,7 @@ def role_floor(argv: list[str]) -> int:
                        "recipient": {"id": user, "name": user, "locale": "en", "timezone": "UTC"},
                        "rule": {"name": "job_match", "priority": "normal"}}
             rendered = renderer.render("job_match", context, "en")
-            for channel, address in (("email", f"{user}@example.com"), ("webhook", "http://127.0.0.1:9/")):
+            for channel, address in (("email", f"{user}@example.com"), ("webhook", args.webhook_url)):
                 fields: dict[str, Any] = {
                     "delivery_id": delivery_id(ce.source, ce.id, "job_match", user, channel),
                     "event_id": ce.id, "event_source": ce.source, "event_type": ce.type, "event_time": ce.time,
