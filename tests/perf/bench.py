@@ -59,17 +59,22 @@ if str(REPO) not in sys.path:
 
 import confluent_kafka  # noqa: E402
 import httpx  # noqa: E402
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from redis import Redis  # noqa: E402
 
 from consumers.kafka import BatchProducer, consumer_config, coordinates, next_offsets, producer_config  # noqa: E402
+from consumers.loop import settle_heap  # noqa: E402
+from consumers.router_consumer import decode_event  # noqa: E402
 from consumers.settings import Settings  # noqa: E402
 from consumers.topics import create_topics  # noqa: E402
 from devstack import infra  # noqa: E402
+from router.decision import Event, event_context, webhook_payload  # noqa: E402
 from router.recipients import Recipient, RecipientStore  # noqa: E402
+from router.templates import Rendered, Renderer  # noqa: E402
 from schemas import Catalog, CloudEvent, Delivery  # noqa: E402
 from schemas.cloudevents import format_time  # noqa: E402
+from schemas.models import State, delivery_id  # noqa: E402
 
 SCALES: dict[str, dict[str, int]] = {
     # b1: events pre-loaded for the router; b2: webhook deliveries; b2_rq: jobs for the RQ peer
@@ -771,16 +776,11 @@ http {{
 # -- helper process roles ---------------------------------------------------------------
 
 
-def role_passthrough(argv: list[str]) -> int:
-    """The baseline of B1: consume a batch, produce each record as is, flush, store offsets."""
-    p = argparse.ArgumentParser()
-    p.add_argument("--kafka", required=True)
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--group", required=True)
-    args = p.parse_args(argv)
-    settings = Settings(kafka_bootstrap=args.kafka, metrics_port=-1)
-    consumer = Consumer(consumer_config(settings, args.group))
+def relay(settings: Settings, topic: str, group: str, handle: Callable[[list[Message], BatchProducer], None]) -> int:
+    """A helper role's loop until SIGTERM: what has arrived (or the first record within the poll
+    timeout, as the router's loop fetches), handed to ``handle`` with the producer; then a flush
+    and an offset store per batch. Under B1's backlog every fetch is a full batch."""
+    consumer = Consumer(consumer_config(settings, group))
     producer = BatchProducer.create(settings)
     stop = False
 
@@ -789,17 +789,69 @@ def role_passthrough(argv: list[str]) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    consumer.subscribe([args.input])
+    consumer.subscribe([topic])
     while not stop:
-        messages = [m for m in consumer.consume(settings.batch_size, settings.poll_timeout) if m.error() is None]
+        messages = consumer.consume(settings.batch_size, 0)
+        if not messages:
+            first = consumer.poll(settings.poll_timeout)
+            messages = [first] if first is not None else []
+        messages = [m for m in messages if m.error() is None]
         if not messages:
             continue
-        for m in messages:
-            producer.send(args.output, m.value() or b"", key=m.key(), headers=m.headers())
+        handle(messages, producer)
         producer.commit_point()
         consumer.store_offsets(offsets=next_offsets(messages))
     consumer.close()
+    producer.close(5.0)
     return 0
+
+
+def role_passthrough(argv: list[str]) -> int:
+    """The baseline of B1: consume a batch, produce each record as is, flush, store offsets."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--kafka", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--group", required=True)
+    args = p.parse_args(argv)
+
+    def copy(messages: list[Message], producer: BatchProducer) -> None:
+        for m in messages:
+            producer.send(args.output, m.value() or b"", key=m.key(), headers=m.headers())
+
+    return relay(Settings(kafka_bootstrap=args.kafka, metrics_port=-1), args.input, args.group, copy)
+
+
+FLOOR_RULE = "job_match"
+
+
+def floor_context(event: Event) -> dict[str, Any]:
+    """The template context of B1's floor: the router's, with a recipient made up from the subject."""
+    user = event.ce.subject or ""
+    return {"data": event.data, "event": event_context(event.ce),
+            "recipient": {"id": user, "name": user, "locale": "en", "timezone": "UTC"},
+            "rule": {"name": FLOOR_RULE, "priority": "normal"}}
+
+
+def floor_records(event: Event, rendered: Rendered, channel: str, address: str, now: datetime,
+                  deadline: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One delivery of B1's floor and its "routed" status, as the plain dicts the catalog writes."""
+    ce = event.ce
+    user = ce.subject or ""
+    fields: dict[str, Any] = {
+        "delivery_id": delivery_id(ce.source, ce.id, FLOOR_RULE, user, channel),
+        "event_id": ce.id, "event_source": ce.source, "event_type": ce.type, "event_time": ce.time,
+        "tenant": ce.tenant, "rule": FLOOR_RULE, "channel": channel, "recipient_id": user, "address": address,
+        "locale": "en", "priority": "normal", "subject": rendered.subject, "text": rendered.text,
+        "html": rendered.html if channel == "email" else None, "payload": None, "created_at": now,
+        "deadline": deadline, "attempt": 0, "metadata": {}, "fallback": None,
+    }
+    if channel == "webhook":
+        fields["payload"] = webhook_payload(event, fields, rendered)
+    status = {"state": State.routed, "event_id": ce.id, "event_source": ce.source, "event_type": ce.type,
+              "delivery_id": fields["delivery_id"], "channel": channel, "recipient_id": user, "rule": FLOOR_RULE,
+              "reason": None, "detail": None, "attempt": 0, "provider_id": None, "at": now}
+    return fields, status
 
 
 def role_floor(argv: list[str]) -> int:
@@ -812,12 +864,6 @@ def role_floor(argv: list[str]) -> int:
     as the router does. Left out: rules, Redis (dedup claims, preferences, the recipient lookup:
     the recipient is made up from the event's subject), pydantic models, metrics.
     """
-    from consumers.loop import settle_heap
-    from consumers.router_consumer import decode_event
-    from router.decision import webhook_payload
-    from router.templates import Renderer
-    from schemas.models import State, delivery_id
-
     p = argparse.ArgumentParser()
     p.add_argument("--kafka", required=True)
     p.add_argument("--input", required=True)
@@ -830,65 +876,25 @@ def role_floor(argv: list[str]) -> int:
     delivery_schema = catalog.named("tidings.internal.Delivery")
     status_schema = catalog.named("tidings.internal.Status")
     renderer = Renderer(REPO / "config" / "templates")
-    consumer = Consumer(consumer_config(settings, args.group))
-    producer = BatchProducer.create(settings)
     topics = {c: settings.deliver_topic(c) for c in ("email", "webhook")}
-    stop = False
 
-    def on_term(*_: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    consumer.subscribe([args.input])
-    settle_heap()  # the router's collector settings (consumers/loop.py)
-    while not stop:
-        # what has arrived, or the first record within the poll timeout: the router's loop does the same
-        messages = consumer.consume(settings.batch_size, 0)
-        if not messages:
-            first = consumer.poll(settings.poll_timeout)
-            messages = [first] if first is not None else []
-        messages = [m for m in messages if m.error() is None]
-        if not messages:
-            continue
+    def route(messages: list[Message], producer: BatchProducer) -> None:
         now = datetime.now(UTC)
         deadline = now + timedelta(seconds=settings.delivery_deadline_seconds)
         for m in messages:
             event = decode_event(catalog, m)
-            ce = event.ce
-            user = ce.subject or ""
-            context = {"data": event.data, "event": {"id": ce.id, "source": ce.source, "type": ce.type,
-                                                     "time": format_time(ce.time), "subject": ce.subject,
-                                                     "tenant": ce.tenant},
-                       "recipient": {"id": user, "name": user, "locale": "en", "timezone": "UTC"},
-                       "rule": {"name": "job_match", "priority": "normal"}}
-            rendered = renderer.render("job_match", context, "en")
+            rendered = renderer.render(FLOOR_RULE, floor_context(event), "en")
+            user = event.ce.subject or ""
             for channel, address in (("email", f"{user}@example.com"), ("webhook", args.webhook_url)):
-                fields: dict[str, Any] = {
-                    "delivery_id": delivery_id(ce.source, ce.id, "job_match", user, channel),
-                    "event_id": ce.id, "event_source": ce.source, "event_type": ce.type, "event_time": ce.time,
-                    "tenant": ce.tenant, "rule": "job_match", "channel": channel, "recipient_id": user,
-                    "address": address, "locale": "en", "priority": "normal", "subject": rendered.subject,
-                    "text": rendered.text, "html": rendered.html if channel == "email" else None,
-                    "payload": None, "created_at": now, "deadline": deadline, "attempt": 0, "metadata": {},
-                    "fallback": None,
-                }
-                if channel == "webhook":
-                    fields["payload"] = webhook_payload(event, fields, rendered)
+                fields, status = floor_records(event, rendered, channel, address, now, deadline)
                 producer.send(topics[channel], catalog.encode(delivery_schema, fields, check=False),
-                              key=f"{ce.tenant}:{user}",
+                              key=f"{event.ce.tenant}:{user}",
                               headers=[("tidings_delivery_id", fields["delivery_id"].encode())])
-                status = {"state": State.routed, "event_id": ce.id, "event_source": ce.source,
-                          "event_type": ce.type, "delivery_id": fields["delivery_id"], "channel": channel,
-                          "recipient_id": user, "rule": "job_match", "reason": None, "detail": None,
-                          "attempt": 0, "provider_id": None, "at": now}
                 producer.send(settings.status_topic, catalog.encode(status_schema, status, check=False),
                               key=fields["delivery_id"])
-        producer.commit_point()
-        consumer.store_offsets(offsets=next_offsets(messages))
-    consumer.close()
-    producer.close(5.0)
-    return 0
+
+    settle_heap()  # the router's collector settings (consumers/loop.py)
+    return relay(settings, args.input, args.group, route)
 
 
 def role_smtp_sink(argv: list[str]) -> int:

@@ -18,11 +18,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import FLOOR_RULE, REPO, floor_context, floor_records  # noqa: E402
 
 from schemas import Catalog, CloudEvent  # noqa: E402
-from schemas.cloudevents import format_time  # noqa: E402
 
 
 class _Msg:
@@ -53,7 +54,7 @@ def main() -> int:
     from consumers.router_consumer import decode_event
     from router.decision import webhook_payload
     from router.templates import Renderer
-    from schemas.models import State, delivery_id
+    from schemas.models import delivery_id
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5_000
     catalog = Catalog.load()
@@ -63,29 +64,16 @@ def main() -> int:
     msg = _Msg(catalog.encode(catalog.for_type(ce.type), data, check=False), ce.to_headers())
     event = decode_event(catalog, msg)
     now = datetime.now(UTC)
-    context = {"data": event.data, "event": {"id": ce.id, "source": ce.source, "type": ce.type,
-                                             "time": format_time(ce.time), "subject": ce.subject, "tenant": ce.tenant},
-               "recipient": {"id": "u7", "name": "u7", "locale": "en", "timezone": "UTC"},
-               "rule": {"name": "job_match", "priority": "normal"}}
-    rendered = renderer.render("job_match", context, "en")
-    fields: dict[str, Any] = {
-        "delivery_id": delivery_id(ce.source, ce.id, "job_match", "u7", "webhook"), "event_id": ce.id,
-        "event_source": ce.source, "event_type": ce.type, "event_time": ce.time, "tenant": ce.tenant,
-        "rule": "job_match", "channel": "webhook", "recipient_id": "u7", "address": "http://127.0.0.1:9/",
-        "locale": "en", "priority": "normal", "subject": rendered.subject, "text": rendered.text, "html": None,
-        "payload": None, "created_at": now, "deadline": now + timedelta(seconds=60), "attempt": 0, "metadata": {},
-        "fallback": None,
-    }
-    fields["payload"] = webhook_payload(event, fields, rendered)
-    email = {**fields, "channel": "email", "address": "u7@example.com", "html": rendered.html, "payload": None}
-    status = {"state": State.routed, "event_id": ce.id, "event_source": ce.source, "event_type": ce.type,
-              "delivery_id": fields["delivery_id"], "channel": "webhook", "recipient_id": "u7", "rule": "job_match",
-              "reason": None, "detail": None, "attempt": 0, "provider_id": None, "at": now}
+    context = floor_context(event)
+    rendered = renderer.render(FLOOR_RULE, context, "en")
+    deadline = now + timedelta(seconds=60)
+    fields, status = floor_records(event, rendered, "webhook", "http://127.0.0.1:9/", now, deadline)
+    email, _ = floor_records(event, rendered, "email", "u7@example.com", now, deadline)
     dschema, sschema = catalog.named("tidings.internal.Delivery"), catalog.named("tidings.internal.Status")
     parts = [
         ("decode the event (headers and body)", 1, lambda: decode_event(catalog, msg)),
-        ("render subject, text and html", 1, lambda: renderer.render("job_match", context, "en")),
-        ("two delivery ids", 2, lambda: delivery_id(ce.source, ce.id, "job_match", "u7", "webhook")),
+        ("render subject, text and html", 1, lambda: renderer.render(FLOOR_RULE, context, "en")),
+        ("two delivery ids", 2, lambda: delivery_id(ce.source, ce.id, FLOOR_RULE, "u7", "webhook")),
         ("the webhook body (JSON)", 1, lambda: webhook_payload(event, fields, rendered)),
         ("write the email delivery", 1, lambda: catalog.encode(dschema, email, check=False)),
         ("write the webhook delivery", 1, lambda: catalog.encode(dschema, fields, check=False)),
